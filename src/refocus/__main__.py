@@ -1,0 +1,5 @@
+import sys
+
+from refocus.cli import main
+
+sys.exit(main())
