@@ -16,13 +16,13 @@ Rules shared by all converters:
   empty, on every run so a stale list never outlives its conversion);
 * ids are unique: a repeated id gets a ``#2``, ``#3``, ... suffix and its original id is kept
   in ``meta["source_id"]``;
-* video paths in the output are relative to the output file's directory.
+* video paths in the output are relative to the output file's directory (written by
+  :func:`refocus.data.questions.write_questions`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +33,7 @@ from refocus.data.convert._common import (
     Skip,
     VideoFinder,
 )
+from refocus.data.questions import QAItem, write_questions
 from refocus.errors import RefocusError
 
 CONVERTERS: dict[str, ModuleType] = {
@@ -91,7 +92,7 @@ def convert(
     _make_ids_unique(items, report)
     report.converted = len(items)
     report.skipped_path = skipped_path_for(out)
-    _write_jsonl(out, [_relative(item, out) for item in items])
+    write_questions(out, [_to_item(item) for item in items])
     _write_jsonl(report.skipped_path, [s.to_dict() for s in report.skipped])
     return report
 
@@ -115,10 +116,16 @@ def _make_ids_unique(items: list[dict], report: ConvertReport) -> None:
         report.renamed.append((original, new))
 
 
-def _relative(item: dict, out: Path) -> dict:
-    base = out.resolve().parent
-    video = os.path.relpath(Path(item["video"]).resolve(), base)
-    return {**item, "video": Path(video).as_posix()}
+def _to_item(item: dict) -> QAItem:
+    return QAItem(
+        id=item["id"],
+        video=Path(item["video"]).resolve(),
+        question=item["question"],
+        options=tuple(item["options"]),
+        answer=item["answer"],
+        category=item.get("category"),
+        meta=item["meta"],
+    )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

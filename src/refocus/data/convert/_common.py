@@ -188,7 +188,9 @@ def check_letter(value: Any, n_options: int, field_name: str = "answer") -> str:
     text = str(value).strip().strip("().").upper() if isinstance(value, str) else None
     allowed = LETTERS[:n_options]
     if not text or len(text) != 1 or text not in allowed:
-        raise InvalidRow(f"field '{field_name}' must be a letter in A..{allowed[-1]}, got {value!r}")
+        raise InvalidRow(
+            f"field '{field_name}' must be a letter in A..{allowed[-1]}, got {value!r}"
+        )
     return text
 
 

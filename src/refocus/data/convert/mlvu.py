@@ -42,7 +42,9 @@ def item(row: Row, finder: VideoFinder) -> dict:
     d = row.data
     task = row.source.stem
     if not d.get("candidates"):
-        raise NotMultipleChoice(f"no candidates (task {task}, question_type {d.get('question_type')!r})")
+        raise NotMultipleChoice(
+            f"no candidates (task {task}, question_type {d.get('question_type')!r})"
+        )
     options = as_text_list(d["candidates"], "candidates")
     answer = _answer_letter(require_text(d, "answer"), options)
     video = require_text(d, "video")

@@ -9,9 +9,10 @@ file's name or folder (None when it is not one of the three); the subject goes t
 Only ``question_type`` "multiple-choice" is kept, plus "perception", which the official
 scorer also grades as a letter choice; open questions are counted as not multiple-choice.
 Videos are ``<videos>/<id>.mp4``, else the unique ``<id>.mp4`` anywhere under ``--videos``
-(the release groups them in per-discipline folders such as ``Art/`` and ``Science/``). All
-tracks share one video id per video, so converting several tracks into one file renames
-repeated ids with a ``#N`` suffix (see ``refocus.data.convert``).
+(the release groups them in per-discipline folders such as ``Art/`` and ``Science/``).
+All tracks share one video id per video, so converting several tracks into one file (read
+in the order Perception, Comprehension, Adaptation) renames repeated ids with a ``#N``
+suffix (see ``refocus.data.convert``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ _SUBJECT = re.compile(r"^[^_]+_(.+)_\d+$")
 
 
 def rows(src: Path) -> Iterator[Row]:
-    return rows_of(source_files(src, ".parquet"), read_parquet)
+    # Tracks in the benchmark's order, so the Perception question keeps the bare id.
+    files = sorted(source_files(src, ".parquet"), key=lambda p: (_track_rank(p), str(p)))
+    return rows_of(files, read_parquet)
+
+
+def _track_rank(path: Path) -> int:
+    track = _track(path)
+    return TRACKS.index(track) if track else len(TRACKS)
 
 
 def item(row: Row, finder: VideoFinder) -> dict:
