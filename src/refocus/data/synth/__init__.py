@@ -1,0 +1,124 @@
+"""Synthetic video benchmarks with known evidence spans: ``niah`` and ``multi``.
+
+``make_benchmark`` writes real H.264 videos under ``DIR/videos/`` and the questions to
+``DIR/qa.jsonl``. Everything is derived from ``(seed, kind, video index)``: the same
+arguments give byte-identical files, and the first N videos of a larger set equal the
+N-video set (each video has its own generator, so lengths and content do not depend on how
+many videos are made).
+
+Video lengths are drawn uniformly from ``frames=(MIN, MAX)`` (inclusive) per video.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from refocus.data.questions import QAItem, write_questions
+from refocus.data.synth import multi, niah
+from refocus.data.synth.common import COLORS, SHAPES, Event, Sample, SynthConfig
+from refocus.data.synth.render import draw_object, render_frames
+from refocus.data.synth.writer import write_video
+from refocus.errors import RefocusError
+
+PLANNERS = {"niah": niah.plan_niah, "multi": multi.plan_multi}
+MIN_FRAMES = {"niah": niah.MIN_FRAMES, "multi": multi.MIN_FRAMES}
+KINDS = tuple(PLANNERS)
+
+__all__ = [
+    "COLORS",
+    "KINDS",
+    "SHAPES",
+    "Event",
+    "Sample",
+    "SynthConfig",
+    "draw_object",
+    "make_benchmark",
+    "plan_video",
+    "render_frames",
+    "video_rngs",
+]
+
+
+def video_rngs(kind: str, seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for the plan (events, question) and the look (haystack)."""
+    seq = np.random.SeedSequence([seed, zlib.crc32(kind.encode()), index])
+    plan, look = seq.spawn(2)
+    return np.random.default_rng(plan), np.random.default_rng(look)
+
+
+def plan_video(
+    kind: str, seed: int, index: int, frames: tuple[int, int], cfg: SynthConfig
+) -> Sample:
+    """The events and question of video ``index`` without rendering anything."""
+    plan_rng, _ = video_rngs(kind, seed, index)
+    num_frames = int(plan_rng.integers(frames[0], frames[1] + 1))
+    return PLANNERS[kind](plan_rng, num_frames, index, cfg)
+
+
+def make_benchmark(
+    kind: str,
+    out_dir: str | Path,
+    videos: int,
+    frames: tuple[int, int],
+    seed: int,
+    fps: float = 4.0,
+    size: int = 96,
+    *,
+    progress: bool = False,
+) -> Path:
+    """Write ``videos`` synthetic videos and one question each; return ``DIR/qa.jsonl``.
+
+    ``frames``: (MIN, MAX) video length in frames at ``fps``. ``progress``: show a tqdm bar.
+    """
+    cfg = SynthConfig(fps=fps, size=size)
+    _check(kind, videos, frames, cfg)
+    out_dir = Path(out_dir)
+    video_dir = out_dir / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    items = []
+    for index in tqdm(range(videos), desc=f"synth {kind}", unit="video", disable=not progress):
+        sample = plan_video(kind, seed, index, frames, cfg)
+        _, look_rng = video_rngs(kind, seed, index)
+        path = video_dir / f"{kind}_{index:05d}.mp4"
+        write_video(
+            path, render_frames(look_rng, sample.num_frames, sample.events, cfg), fps, cfg.crf
+        )
+        items.append(_item(kind, index, path, sample, fps))
+    qa_path = out_dir / "qa.jsonl"
+    write_questions(qa_path, items)
+    return qa_path
+
+
+def _item(kind: str, index: int, path: Path, sample: Sample, fps: float) -> QAItem:
+    return QAItem(
+        id=f"{kind}-{index:05d}",
+        video=path.resolve(),
+        question=sample.question,
+        options=tuple(sample.options),
+        answer="ABCDEFGHIJKLMNOPQRSTUVWXYZ"[sample.answer_index],
+        evidence=tuple(sample.events[j].span(fps) for j in sample.evidence),
+        category=sample.category,
+        meta={**sample.meta, "fps": fps},
+    )
+
+
+def _check(kind: str, videos: int, frames: tuple[int, int], cfg: SynthConfig) -> None:
+    if kind not in PLANNERS:
+        raise RefocusError(f"unknown synthetic benchmark {kind!r}; choose from {', '.join(KINDS)}")
+    if videos < 1:
+        raise RefocusError(f"--videos must be at least 1, got {videos}")
+    lo, hi = frames
+    if not MIN_FRAMES[kind] <= lo <= hi:
+        raise RefocusError(
+            f"--frames for {kind} needs {MIN_FRAMES[kind]} <= MIN <= MAX, got {lo},{hi}"
+        )
+    if cfg.size < 32 or cfg.size % 2:
+        raise RefocusError(f"--size must be an even number >= 32, got {cfg.size}")
+    if not cfg.fps > 0:
+        raise RefocusError(f"fps must be positive, got {cfg.fps}")
