@@ -14,6 +14,8 @@ from refocus.training.grpo_math import (
     group_advantages,
     grpo_loss,
     kl_k3,
+    margin_from_logits,
+    mean_temporal_entropy,
     policy_loss,
     sequence_log_ratio,
 )
@@ -21,6 +23,33 @@ from refocus.training.grpo_math import (
 
 def _t(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
+
+
+# --- rewards and selection statistics -------------------------------------------------------
+
+
+def test_margin_from_logits_matches_eq4_and_hand_values():
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [5.0, 5.0, -1.0]])
+    m = margin_from_logits(logits, 0)
+    np.testing.assert_allclose(m, [math.tanh(0.5), math.tanh(-1.5), 0.0])
+    e = np.exp(logits)
+    best_wrong = e[:, 1:].max(axis=1)
+    np.testing.assert_allclose(m, (e[:, 0] - best_wrong) / (e[:, 0] + best_wrong))  # Eq. 4
+    with pytest.raises(ValueError):
+        margin_from_logits(logits, 3)
+    with pytest.raises(ValueError):
+        margin_from_logits(logits[:, :1], 0)
+
+
+def test_mean_temporal_entropy_over_candidates():
+    ts = np.arange(10) * 0.5  # 2 fps
+    subsets = [[0, 2, 6], [1, 2, 3, 9], [4]]
+    # first candidate: times 0, 1, 3 -> the hand example 1.5 + (4/3) log 2
+    first = 1.5 + 4 / 3 * math.log(2)
+    # second: times 0.5, 1, 1.5, 4.5 -> 1-NN distances 0.5, 0.5, 0.5, 3; psi(4) - psi(1) = 11/6
+    second = 11 / 6 + math.log(2) + (3 * math.log(0.5) + math.log(3)) / 4
+    assert mean_temporal_entropy(ts, subsets) == pytest.approx((first + second) / 2)
+    assert math.isnan(mean_temporal_entropy(ts, [[3], [4]]))
 
 
 # --- advantages ---------------------------------------------------------------------------
