@@ -1,0 +1,50 @@
+"""``refocus frames VIDEO``: decode a video the way training and evaluation will see it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "frames",
+        help="decode a video by presentation time and print its sampled frame times as JSON",
+        description="Decode VIDEO at --fps (at most --max-frames, spread evenly when capped), "
+        "resize to --size, and print num_frames, fps, timestamps (pts seconds), duration, "
+        "width and height as JSON. Decoded frames are cached under $REFOCUS_CACHE_DIR/frames.",
+    )
+    p.add_argument("video", metavar="VIDEO", help="video file (any container FFmpeg reads)")
+    p.add_argument("--fps", type=float, default=4.0, help="sampling rate in frames/s (default 4)")
+    p.add_argument("--max-frames", type=int, default=512,
+                   help="cap on sampled frames; above it samples spread over the whole video "
+                   "(default 512)")
+    p.add_argument("--size", type=int, default=224, help="output frame side in pixels (default 224)")
+    p.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"],
+                   help="decoder (default pyav; decord/torchcodec are optional extras)")
+    p.add_argument("--no-cache", action="store_true", help="decode even if cached, store nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refocus.cli._common import summary
+    from refocus.video import load_video
+
+    start = time.perf_counter()
+    video = load_video(args.video, fps=args.fps, max_frames=args.max_frames, size=args.size,
+                       backend=args.backend, cache=not args.no_cache)
+    elapsed = time.perf_counter() - start
+    out = {
+        "num_frames": video.num_frames,
+        "fps": video.fps,
+        "timestamps": [float(t) for t in video.timestamps],
+        "duration": video.duration,
+        "width": video.width,
+        "height": video.height,
+    }
+    print(json.dumps(out))
+    source = "cache" if video.from_cache else video.backend
+    summary(f"frames: {video.num_frames} frames at {video.fps:.3g} fps from {args.video} "
+            f"({video.duration:.2f} s, {video.width}x{video.height}) via {source} in {elapsed:.2f} s")
+    return 0

@@ -1,0 +1,110 @@
+"""Video ingest: decode frames by presentation time, with pluggable backends and a disk cache.
+
+``load_video(path)`` samples at 4 fps (at most 512 frames, evenly spread when capped), resizes
+to 224 x 224 RGB and returns a :class:`DecodedVideo` whose ``timestamps`` are the real
+``pts * time_base`` of the frames returned. The exact sampling rule is in
+:mod:`refocus.video.sampling`. Backends are imported lazily, so ``import refocus.video`` does
+not load PyAV, decord or torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+from collections.abc import Callable
+
+from refocus.errors import ConfigError
+from refocus.video.types import DecodedVideo
+
+__all__ = ["BACKENDS", "DecodedVideo", "available_backends", "load_video"]
+
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    # name: (module to import, decode function in refocus.video.<name>_backend, pip extra)
+    "pyav": ("av", "decode_pyav", "pip install av"),
+    "decord": ("decord", "decode_decord", "pip install 'refocus[decord]'"),
+    "torchcodec": (
+        "torchcodec.decoders",
+        "decode_torchcodec",
+        "pip install 'refocus[torchcodec]' (it also needs FFmpeg's shared libraries on the system)",
+    ),
+}
+"""Registered decoders: the third-party module each needs, its function, how to install it."""
+
+
+@functools.cache
+def _import_error(backend: str) -> str | None:
+    """Why ``backend`` cannot be used here (None when it can); the import is tried once."""
+    module = BACKENDS[backend][0]
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken install (e.g. no FFmpeg libs) is "missing" too
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that import on this machine (``pyav`` always, it is required)."""
+    return [name for name in BACKENDS if _import_error(name) is None]
+
+
+def _backend(name: str) -> Callable[..., DecodedVideo]:
+    """The decode function of an installed backend, or a ConfigError saying how to install it."""
+    reason = _import_error(name)
+    if reason is not None:
+        hint = BACKENDS[name][2]
+        raise ConfigError(f"video backend {name!r} is not available ({reason}); {hint}")
+    module = importlib.import_module(f"refocus.video.{name}_backend")
+    return getattr(module, BACKENDS[name][1])
+
+
+def load_video(path: str | os.PathLike, fps: float = 4.0, max_frames: int = 512,
+               size: int = 224, backend: str = "pyav", cache: bool = True) -> DecodedVideo:
+    """Decode ``path`` into at most ``max_frames`` frames sampled at ``fps`` by presentation time.
+
+    Sampling (every backend): targets ``t_j = start + j / fps`` while ``j / fps < duration``
+    (``start`` = first frame's pts); if that exceeds ``max_frames``, ``max_frames`` targets
+    ``start + j * duration / max_frames`` instead (returned ``fps`` = ``max_frames / duration``).
+    Each target takes the last frame with pts at or before it (the frame on screen then), each
+    frame is returned once, and ``timestamps`` are those frames' real ``pts * time_base``. So a
+    variable-frame-rate file or a timeline gap never yields invented or repeated frames, and a
+    video with fewer frames than targets returns all its frames.
+
+    Frames are ``(T, size, size, 3)`` uint8 RGB, read-only. With ``cache=True`` the result is
+    stored under ``$REFOCUS_CACHE_DIR/frames`` keyed by file content and all arguments, and read
+    back as a memory map next time (``from_cache=True``).
+
+    Raises :class:`refocus.errors.VideoError` naming the file for missing, empty, unreadable,
+    audio-only or undecodable files (a file that decodes partway returns the frames before the
+    damage, with a logged warning), and :class:`refocus.errors.ConfigError` for bad arguments
+    or a backend that is not installed.
+    """
+    if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"fps must be a positive number, got {fps!r}")
+    if int(max_frames) != max_frames or max_frames < 1:
+        raise ConfigError(f"max_frames must be a positive integer, got {max_frames!r}")
+    if int(size) != size or size < 1:
+        raise ConfigError(f"size must be a positive integer, got {size!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+    from refocus.video.probe import check_path
+
+    check_path(path)
+    key = None
+    if cache:
+        from refocus.video.cache import cache_key, load_cached
+
+        key = cache_key(path, fps, int(max_frames), int(size), backend)
+        hit = load_cached(key, path)
+        if hit is not None:
+            return hit
+    decode = _backend(backend)  # imported only on a miss: a cache hit needs no decoder
+    video = decode(path, float(fps), int(max_frames), int(size))
+    video.frames.flags.writeable = False
+    if key is not None:
+        from refocus.video.cache import store_cached
+
+        store_cached(key, video)
+    return video
