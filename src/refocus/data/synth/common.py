@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Well separated in hue and saturated, so a colour survives H.264 (4:2:0 chroma) and a
-# 64 px resize; the haystack stays below saturation 0.55 so it never matches one of these.
+# 64 px resize; the haystack stays at saturation <= 0.5 (sparkles aside) so it never matches one of these.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
-    "green": (40, 190, 60),
+    "green": (20, 200, 40),
     "blue": (40, 80, 235),
     "yellow": (245, 215, 40),
     "magenta": (220, 50, 220),
@@ -43,8 +43,17 @@ class SynthConfig:
     """A new clutter layer every this many frames (drawn once per video), inclusive range."""
     clutter_scale: tuple[float, float] = (0.03, 0.12)
     """Clutter item size as a fraction of the frame height."""
-    max_saturation: float = 0.55
+    max_saturation: float = 0.5
     """Haystack colours (background and clutter) stay at or below this HSV saturation."""
+    sparkles: tuple[int, int] = (0, 3)
+    """Small saturated clutter items per layer, inclusive range. Their hues lie halfway
+    between palette hues, so "any saturated pixel" does not give the needle away while no
+    haystack pixel matches a palette colour."""
+    sparkle_scale: tuple[float, float] = (0.03, 0.07)
+    """Sparkle size as a fraction of the frame height."""
+    tint: float = 14.0
+    """Amplitude (levels) of a slow per-channel colour cast on the haystack, so the frame
+    mean colour wanders about as much as a needle moves it."""
     drift: tuple[float, float] = (0.2, 0.7)
     """Background drift speed, pixels per frame along each axis."""
 

@@ -7,6 +7,7 @@ looking at the frame, not at a global colour average. Everything is numpy plus P
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,16 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     )
     rgb = np.take_along_axis(table, i[None, ..., None].repeat(3, -1), axis=0)[0]
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def _palette_gap_hues() -> np.ndarray:
+    """Hues (in [0, 1)) halfway between neighbouring palette hues, for sparkles."""
+    hues = np.sort([colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for rgb in COLORS.values()])
+    nxt = np.append(hues[1:], hues[0] + 1)
+    return ((hues + nxt) / 2) % 1
+
+
+SPARKLE_HUES = _palette_gap_hues()
 
 
 def _haystack_colors(rng: np.random.Generator, n: int, cfg: SynthConfig) -> np.ndarray:
@@ -68,6 +79,9 @@ class Haystack:
         self.texture = np.clip(texture, 0, 255).astype(np.uint8)  # (2S, 2S, 3)
         self.origin = rng.uniform(0, size, 2)
         self.velocity = rng.uniform(*cfg.drift, 2) * rng.choice([-1, 1], 2)
+        # (3 channels, 2 sinusoids): periods 16-96 frames, random phases.
+        self.tint_freq = 2 * np.pi / rng.uniform(16, 96, (3, 2))
+        self.tint_phase = rng.uniform(0, 2 * np.pi, (3, 2))
         self.every = int(rng.integers(cfg.clutter_every[0], cfg.clutter_every[1] + 1))
         # Clutter layers are drawn lazily from one seed per layer, so frame(i) does not
         # depend on which frames were drawn before.
@@ -78,7 +92,8 @@ class Haystack:
         """Frame ``i`` of the haystack, (S, S, 3) uint8."""
         size = self.cfg.size
         x, y = (_bounce(p, size) for p in self.origin + self.velocity * i)
-        out = self.texture[y : y + size, x : x + size].copy()
+        tint = self.cfg.tint / 2 * np.sin(self.tint_freq * i + self.tint_phase).sum(1)  # (3,)
+        out = np.clip(self.texture[y : y + size, x : x + size] + tint, 0, 255).astype(np.uint8)
         rgb, mask = self._clutter(i // self.every)
         out[mask] = rgb[mask]
         return out
@@ -117,6 +132,13 @@ def _draw_clutter(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarra
             length = 2 * max(w, h)
             end = (x + length * np.cos(angle), y + length * np.sin(angle))
             draw.line([(x, y), end], fill=color, width=max(1, size // 48))
+    n = int(rng.integers(cfg.sparkles[0], cfg.sparkles[1] + 1))
+    hues = (rng.choice(SPARKLE_HUES, n) + rng.uniform(-0.02, 0.02, n)) % 1
+    colors = hsv_to_rgb(hues, rng.uniform(0.75, 1.0, n), rng.uniform(0.75, 1.0, n))
+    for k in range(n):
+        w, h = rng.uniform(*cfg.sparkle_scale, 2) * size
+        x, y = rng.uniform(0, size, 2)
+        draw.ellipse([x, y, x + w, y + h], fill=(*(int(c) for c in colors[k]), 255))
     arr = np.asarray(img)
     return arr[..., :3], arr[..., 3] > 0
 
