@@ -345,7 +345,11 @@ class HFReference:
         return out.logits[:, -1, :]
 
     def _verify(self, prompts: dict[int, str], frames: np.ndarray, subsets: list[tuple[int, ...]]) -> None:
-        """Compare reuse with naive scoring on one subset; disable reuse if they differ."""
+        """Compare reuse with naive scoring on one subset; disable reuse if they differ.
+
+        Tries the features as a list and as one stacked tensor (models differ in what their
+        forward takes back). Any failure of the reuse path here means "not supported".
+        """
         import warnings
 
         self._verified = True
@@ -353,18 +357,23 @@ class HFReference:
         if subset is None:
             return
         prompt = prompts[len(subset)]
-        try:
-            features = self._encode_union(frames, list(subset), len(subset))
-            template = self._template(prompt, [frames[i] for i in subset])
-            reused = self._forward_reuse(template, [subset], features).float()
-        except (ReuseUnsupported, TypeError, ValueError, RuntimeError) as err:
-            warnings.warn(f"{self.name}: frame reuse unavailable ({err}); scoring naively", stacklevel=3)
-            self._reuse = False
-            return
-        naive = self._forward_naive(prompt, [[frames[i] for i in subset]]).float()
-        if not bool(((reused - naive).abs() <= 1e-3 * (1.0 + naive.abs())).all()):
-            warnings.warn(f"{self.name}: frame reuse does not match naive scoring; scoring naively", stacklevel=3)
-            self._reuse = False
+        images = [frames[i] for i in subset]
+        naive = self._forward_naive(prompt, [images]).float()
+        problem = "no feature layout matched"
+        for stack in (self.stack_features, not self.stack_features):
+            self.stack_features = stack
+            try:
+                features = self._encode_union(frames, list(subset), len(subset))
+                template = self._template(prompt, images)
+                reused = self._forward_reuse(template, [subset], features).float()
+            except Exception as err:  # noqa: BLE001 - any failure means reuse is unsupported
+                problem = f"{type(err).__name__}: {err}"
+                continue
+            if bool(((reused - naive).abs() <= 1e-3 * (1.0 + naive.abs())).all()):
+                return
+            problem = "reused features do not reproduce naive scoring"
+        warnings.warn(f"{self.name}: frame reuse unavailable ({problem}); scoring naively", stacklevel=3)
+        self._reuse = False
 
     # ----------------------------------------------------------------------------------- utils
     def _to_device(self, inputs: Any) -> dict[str, Any]:
