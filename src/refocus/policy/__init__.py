@@ -1,0 +1,47 @@
+"""The Mamba2 frame-selection policy (paper §3.2, Algorithm 2, Appendix B.2, B.4, B.5).
+
+Importing this package registers ``FramePolicyConfig`` / ``FramePolicy`` with transformers'
+``AutoConfig`` / ``AutoModel`` (model type ``refocus_frame_policy``), so a saved policy
+directory loads with ``AutoModel.from_pretrained(path)`` as well as
+``FramePolicy.from_pretrained(path)``. The question tokenizer is saved into the same
+directory with ``tokenizer.save_pretrained(path)``.
+
+Typical use::
+
+    policy = FramePolicy(FramePolicyConfig(backbone_config={"vocab_size": len(tokenizer)}))
+    feats = policy.encode_frames(video.frames)               # (T, P, Dv), cache per video
+    ids = tokenize_question(tokenizer, item)                 # (L,)
+    out = policy.select([feats], [ids], k=8, num_candidates=16, generator=gen)
+    out.indices                                              # (1, 16, 8) sorted frame indices
+    logprobs, entropies = policy.replay_logprobs([feats], [ids], out.order)  # with gradients
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from refocus.policy.configuration import FramePolicyConfig
+from refocus.policy.modeling import FramePolicy, PolicyReplayOutput, RecurrentState
+from refocus.policy.processing import (
+    build_question_text,
+    pool_frame_tokens,
+    preprocess_frames,
+    tokenize_question,
+)
+from refocus.policy.sampling import SelectionOutput
+
+try:
+    AutoConfig.register(FramePolicyConfig.model_type, FramePolicyConfig)
+    AutoModel.register(FramePolicyConfig, FramePolicy)
+except ValueError:  # already registered (module reloaded)
+    pass
+
+__all__ = [
+    "FramePolicy",
+    "FramePolicyConfig",
+    "PolicyReplayOutput",
+    "RecurrentState",
+    "SelectionOutput",
+    "build_question_text",
+    "pool_frame_tokens",
+    "preprocess_frames",
+    "tokenize_question",
+]
