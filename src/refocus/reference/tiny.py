@@ -8,9 +8,10 @@ and a chat template in the family's style, and saves them with ``save_pretrained
 ``load_reference(path)`` reads them exactly like a real checkpoint directory.
 
 Sizes: ``size="tiny"`` is for unit tests (32 px frames, one layer, hidden 32). ``size="bench"``
-gives a vision tower that is not trivially small next to the language model (64 px frames,
-patch 8, 4 vision layers, hidden 64), the proportion of real video-LLMs where the vision
-tower dominates the cost of scoring a subset; ``benchmarks/reward_scoring.py`` uses it.
+has a vision tower that outweighs the language model (64 px frames, patch 8 -> 64 patches per
+frame, 4 vision layers of width 128 against 2 text layers of width 64), as in small VLMs such
+as SmolVLM-256M or InternVL3-1B where most of the cost of scoring a subset is the vision
+tower; ``benchmarks/reward_scoring.py`` uses it.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _sizes(size: str) -> dict[str, int]:
     if size == "tiny":
         return {"image": 32, "patch": 8, "v_hidden": 32, "v_layers": 1, "t_hidden": 32, "t_layers": 1}
     if size == "bench":
-        return {"image": 64, "patch": 8, "v_hidden": 64, "v_layers": 4, "t_hidden": 64, "t_layers": 2}
+        return {"image": 64, "patch": 8, "v_hidden": 128, "v_layers": 4, "t_hidden": 64, "t_layers": 2}
     raise ValueError(f"unknown size {size!r}; use 'tiny' or 'bench'")
 
 
@@ -293,7 +294,13 @@ def build_qwen2_5_vl(out: Path, size: str = "tiny", tokenizer_kind: str = "bytel
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        # M-RoPE splits the rotary half of each head (head_dim / 2) into t/h/w sections in
+        # Qwen's 1/4, 3/8, 3/8 proportion ([16, 24, 24] for head_dim 128).
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [hd // 16, 3 * hd // 32, 3 * hd // 32],
+        },
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

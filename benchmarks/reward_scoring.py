@@ -1,0 +1,179 @@
+"""Reward scoring: frame reuse vs naive per-subset scoring, for every reference family.
+
+For each architecture (tiny random checkpoints from ``refocus.reference.tiny`` at
+``size="bench"``: 64 px frames, patch 8, a 4-layer vision tower against a 2-layer language
+model of the same width), N subsets of K frames are drawn from a T-frame video and scored
+twice through the same adapter:
+
+* naive (``frame_reuse=False``): processor + full model forward on batches of subsets, so
+  every subset's frames go through the vision tower again;
+* reuse (``frame_reuse=True``): each distinct frame through the vision tower once, subsets
+  assembled from the cached features.
+
+Both paths batch ``--batch-size`` subsets per forward and keep only the last position's
+logits, so the ratio measures frame reuse alone. Times are medians of ``--repeats`` calls
+after one warm-up call each. Scenarios: ``random`` (N random overlapping subsets, seeded;
+the headline number) and ``filter`` (the 16 probe subsets of Appendix A for the same T and
+K, what ``refocus filter`` scores). ``bound`` is N*K frame slots / distinct frames: the
+speedup frame reuse would reach if the vision tower were the whole cost (with random subsets
+of K = 8 from T = 64 about 128 / 56 = 2.3x, whatever the implementation); ``vision_share`` is
+the measured time of encoding all N*K slots (processor + vision tower + projector) divided by
+the naive time, so the expected speedup is about 1 / (1 - share + share / bound).
+
+Prints one line per architecture and scenario, then a JSON dict as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _subsets_random(num_frames: int, n: int, k: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [sorted(rng.choice(num_frames, size=k, replace=False).tolist()) for _ in range(n)]
+
+
+def _subsets_filter(num_frames: int, k: int) -> list[list[int]] | None:
+    try:
+        from refocus.filtering.windows import filter_subsets
+    except ImportError:
+        return None
+    return filter_subsets(num_frames, k=k)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _measure(family: str, path: Path, subsets: list[list[int]], args: argparse.Namespace) -> dict:
+    import torch
+
+    from refocus.data.questions import QAItem
+    from refocus.reference import load_reference, margin_rewards
+
+    reuse = load_reference(path, batch_size=args.batch_size, frame_reuse=True)
+    naive = load_reference(path, batch_size=args.batch_size, frame_reuse=False)
+    size = reuse.image_size
+    frames = np.random.default_rng(args.seed + 1).integers(
+        0, 256, (args.frames, size, size, 3), dtype=np.uint8
+    )
+    item = QAItem(
+        id="bench",
+        video=Path("bench.mp4"),
+        question="What color is the square in the video?",
+        options=("red", "blue", "green", "yellow"),
+        answer="B",
+    )
+    fast = reuse.option_logits(item, frames, subsets)  # warm-up, and the values compared
+    slow = naive.option_logits(item, frames, subsets)
+    reuse_times, naive_times = [], []
+    for _ in range(args.repeats):  # interleaved, so changes in machine load hit both alike
+        reuse_times.append(_median_time(lambda: reuse.option_logits(item, frames, subsets), 1))
+        naive_times.append(_median_time(lambda: naive.option_logits(item, frames, subsets), 1))
+    t_reuse, t_naive = statistics.median(reuse_times), statistics.median(naive_times)
+    slots = [i for s in subsets for i in s]
+    with torch.inference_mode():
+        t_vision = _median_time(lambda: reuse._encode_union(frames, slots, len(subsets[0])), args.repeats)
+    margins_diff = float(
+        np.abs(margin_rewards(fast, item.answer_index) - margin_rewards(slow, item.answer_index)).max()
+    )
+    distinct = len(set(slots))
+    share = min(t_vision / t_naive, 1.0)
+    return {
+        "naive_ms": round(1000 * t_naive, 2),
+        "reuse_ms": round(1000 * t_reuse, 2),
+        "speedup": round(t_naive / t_reuse, 3),
+        "max_abs_diff": margins_diff,
+        "max_abs_logit_diff": float(np.abs(fast - slow).max()),
+        "frame_slots": len(slots),
+        "distinct_frames": distinct,
+        "vision_share": round(share, 3),
+        "bound": round(len(slots) / distinct, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--frames", type=int, default=64, help="T, frames in the video")
+    parser.add_argument("--subsets", type=int, default=16, help="N, subsets per question")
+    parser.add_argument("--k", type=int, default=8, help="K, frames per subset")
+    parser.add_argument("--batch-size", type=int, default=16, help="subsets per forward")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-filter-scenario", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from refocus.reference.tiny import FAMILIES, build_tiny
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    families = list(FAMILIES) if args.families == "all" else args.families.split(",")
+    scenarios = {"random": _subsets_random(args.frames, args.subsets, args.k, args.seed)}
+    if not args.no_filter_scenario:
+        probe = _subsets_filter(args.frames, args.k)
+        if probe is not None:
+            scenarios["filter"] = probe
+
+    results: dict[str, dict[str, dict]] = {name: {} for name in scenarios}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            path = build_tiny(family, Path(tmp) / family, size="bench")
+            for name, subsets in scenarios.items():
+                r = _measure(family, path, subsets, args)
+                results[name][family] = r
+                print(
+                    f"{family:16s} {name:7s} naive {r['naive_ms']:8.1f} ms  reuse {r['reuse_ms']:8.1f} ms  "
+                    f"speedup {r['speedup']:5.2f}x  distinct {r['distinct_frames']}/{r['frame_slots']}  "
+                    f"vision share {r['vision_share']:.2f}  bound {r['bound']:.2f}x  "
+                    f"max|d margin| {r['max_abs_diff']:.2e}",
+                    flush=True,
+                )
+    main_results = results["random"]
+    speedups = [r["speedup"] for r in main_results.values()]
+    summary = {
+        "speedup": round(math.exp(statistics.fmean(math.log(s) for s in speedups)), 3),
+        "speedup_kind": "geometric mean over architectures, random scenario",
+        "speedup_min": min(speedups),
+        "max_abs_diff": max(r["max_abs_diff"] for s in results.values() for r in s.values()),
+        "architectures": families,
+        "per_architecture": main_results,
+        "setting": {
+            "T": args.frames,
+            "N": args.subsets,
+            "K": args.k,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "seed": args.seed,
+        },
+    }
+    if "filter" in results:
+        filt = [r["speedup"] for r in results["filter"].values()]
+        summary["filter_scenario"] = {
+            "speedup": round(math.exp(statistics.fmean(math.log(s) for s in filt)), 3),
+            "per_architecture": results["filter"],
+        }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
