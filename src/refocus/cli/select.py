@@ -1,0 +1,136 @@
+"""``refocus select``: run a frame selector over a question file and write the selections."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DECODE_SIZE = 64
+"""Decode size for selectors that ignore pixels (only the timestamps matter to them)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="run a frame selector (the trained policy by default) and write one selection per item",
+        description="Decode each item's video by pts (--fps, at most --max-frames), pick --budget "
+        "frames with the selector and write SEL.jsonl, one line per item: {id, video, selector, "
+        "budget, indices (sorted, into the decoded frames), timestamps (s, pts), num_frames, fps, "
+        "seed, mode}. An item that cannot be selected (undecodable video, oracle without "
+        "evidence, invalid question line) is written as a line with an 'error' field instead of "
+        "'indices', and counted in the summary; nothing else is dropped.",
+    )
+    p.add_argument("--policy", metavar="DIR", help="trained policy checkpoint (selector policy:DIR)")
+    p.add_argument("--selector", metavar="NAME[:ARG]",
+                   help="any selector instead of --policy: uniform, random, oracle, policy:DIR, ...")
+    p.add_argument("--data", required=True, metavar="QA.jsonl", help="question file (or benchmark dir)")
+    p.add_argument("--budget", required=True, type=int, metavar="K", help="frames to select per item")
+    p.add_argument("--out", required=True, metavar="SEL.jsonl", help="selection file to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of random / sampling selectors (default 0)")
+    p.add_argument("--greedy", action="store_true", help="policy: greedy decoding (same as --mode greedy)")
+    p.add_argument("--mode", choices=["greedy", "sample", "distribution"], default=None,
+                   help="policy selection mode (default greedy: deterministic, one pass; sample: "
+                   "one seeded sample; distribution: top-K of the 64-sample selection distribution)")
+    p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
+    p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
+    p.set_defaults(func=run)
+
+
+def resolve_spec(args: argparse.Namespace) -> tuple[str, str | None]:
+    """Selector spec and mode from --policy / --selector / --greedy / --mode."""
+    from refocus.errors import RefocusError
+
+    if bool(args.policy) == bool(args.selector):
+        raise RefocusError("give exactly one of --policy DIR or --selector NAME[:ARG]")
+    spec = args.selector or f"policy:{args.policy}"
+    mode = args.mode
+    if args.greedy:
+        if mode not in (None, "greedy"):
+            raise RefocusError(f"--greedy conflicts with --mode {mode}")
+        mode = "greedy"
+    return spec, mode
+
+
+def selection_records(
+    items: Iterable[Any],
+    selector: Any,
+    budget: int,
+    *,
+    fps: float = 4.0,
+    max_frames: int = 512,
+    progress: bool = True,
+) -> Iterator[dict]:
+    """One selection-file record per item; failures become records with an ``error`` field.
+
+    Videos are decoded at the selector's image size (``DEFAULT_DECODE_SIZE`` if it has none);
+    consecutive items of the same video reuse one decode.
+    """
+    from tqdm.auto import tqdm
+
+    from refocus.errors import RefocusError
+    from refocus.selectors import validate_indices
+    from refocus.video import load_video
+
+    size = selector.image_size or DEFAULT_DECODE_SIZE
+    last: tuple[str, Any] | None = None
+    for item in tqdm(list(items), desc=f"select {selector.name}", unit="item", disable=not progress):
+        record = {"id": item.id, "video": str(item.video), "selector": selector.name,
+                  "mode": getattr(selector, "mode", None), "budget": budget, "seed": selector.seed}
+        try:
+            if last is None or last[0] != str(item.video):
+                last = (str(item.video), load_video(item.video, fps=fps, max_frames=max_frames, size=size))
+            video = last[1]
+            indices = validate_indices(selector.select(video, item, budget), video.num_frames, budget,
+                                       selector.name)
+        except RefocusError as exc:
+            record["error"] = " ".join(str(exc).split())
+            yield record
+            continue
+        record.update(
+            indices=indices,
+            timestamps=[round(float(video.timestamps[i]), 6) for i in indices],
+            num_frames=video.num_frames,
+            fps=round(float(video.fps), 6),
+        )
+        yield record
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from refocus.cli._common import summary
+    from refocus.cli.reference import resolve_question_file
+    from refocus.data.questions import load_questions
+    from refocus.errors import RefocusError
+    from refocus.selectors import get_selector
+
+    if args.budget < 1:
+        raise RefocusError(f"--budget must be >= 1, got {args.budget}")
+    spec, mode = resolve_spec(args)
+    errors: list = []
+    items = load_questions(resolve_question_file(args.data), errors=errors)
+    selector = get_selector(spec, seed=args.seed, mode=mode)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    written = failed = 0
+    first_error = errors[0] if errors else None
+    with tmp.open("w") as f:
+        for error in errors:
+            f.write(json.dumps({"id": None, "line": error.line, "error": " ".join(str(error).split())}) + "\n")
+        for record in selection_records(items, selector, args.budget, fps=args.fps,
+                                        max_frames=args.max_frames):
+            f.write(json.dumps(record) + "\n")
+            failed += "error" in record
+            first_error = first_error or record.get("error")
+            written += "error" not in record
+    tmp.replace(out)
+    if not written:
+        raise RefocusError(f"no item could be selected (first error: {first_error}); error lines in {out}")
+    skipped = failed + len(errors)
+    summary(f"select {selector.name}@{args.budget}: {written} selections, {skipped} skipped "
+            f"({len(errors)} invalid lines, {failed} items failed) -> {out}")
+    return 0
