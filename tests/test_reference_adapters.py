@@ -122,6 +122,17 @@ def test_prompt_snapshot():
     assert kinds == ["text", "image"] * 3 + ["text"]
 
 
+def test_adapter_prompt_puts_each_frame_on_its_own_line(references):
+    family, reuse, _ = references
+    prompt = reuse.prompt(ITEM, 2)
+    markup = {
+        "internvl": "<IMG_CONTEXT>",
+        "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    }.get(family, "<image>")
+    assert f"Frame1: {markup}\nFrame2: {markup}\nWhat color is the square?\nOptions:\nA. red\n" in prompt
+    assert "\n\n" not in prompt
+
+
 def test_prompt_folds_system_into_user_when_template_has_no_system_role():
     tokenizer = train_tokenizer("word", ["<|im_start|>", "<|im_end|>"], {"image_token": "<image>"})
     tokenizer.chat_template = (
@@ -192,7 +203,7 @@ def test_logits_equal_plain_forward(references):
     frames = _frames(reuse.image_size)
     subset = [1, 4, 8]
     logits = reuse.option_logits(ITEM, frames, [subset, [0, 2, 3]])
-    prompt = render_prompt(reuse.processor, build_prompt_messages(ITEM, len(subset)))
+    prompt = reuse.prompt(ITEM, len(subset))
     inputs = reuse.processor(
         text=[prompt], images=[[frames[i] for i in subset]], return_tensors="pt", **reuse.processor_kwargs
     )

@@ -31,7 +31,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from refocus.reference.prompt import LETTERS, build_prompt_messages, render_prompt
+from refocus.reference.prompt import (
+    LETTERS,
+    build_prompt_messages,
+    render_prompt,
+    template_breaks_after_image,
+)
 
 
 @runtime_checkable
@@ -177,6 +182,7 @@ class HFReference:
         self._letters: dict[tuple[str, int], list[tuple[int, ...]]] = {}
         self._reuse = frame_reuse and self._supports_reuse()
         self._verified = not self.verify_reuse
+        self._break_after_image = template_breaks_after_image(processor)
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -213,7 +219,10 @@ class HFReference:
 
     def prompt(self, item: Any, num_frames: int) -> str:
         """The rendered reward prompt for ``num_frames`` frames (image markup unexpanded)."""
-        return render_prompt(self.processor, build_prompt_messages(item, num_frames))
+        messages = build_prompt_messages(
+            item, num_frames, template_breaks_after_image=self._break_after_image
+        )
+        return render_prompt(self.processor, messages)
 
     def letter_tokens(self, prompt: str, num_options: int) -> list[tuple[int, ...]]:
         """Token-id variants of the first ``num_options`` letters (see resolve_letter_tokens).
@@ -223,6 +232,8 @@ class HFReference:
         """
         key = (prompt[-64:], num_options)
         if key not in self._letters:
+            if len(self._letters) >= 1024:  # one entry per distinct prompt tail; keep it small
+                self._letters.clear()
             self._letters[key] = resolve_letter_tokens(
                 self.processor.tokenizer, prompt, LETTERS[:num_options]
             )

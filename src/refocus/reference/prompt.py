@@ -35,6 +35,7 @@ def build_prompt_messages(
     item: Any,
     num_frames: int,
     system_prompt: str | None = SYSTEM_PROMPT,
+    template_breaks_after_image: bool = False,
 ) -> list[dict[str, Any]]:
     """Chat messages of the reward prompt for ``num_frames`` frames of ``item``.
 
@@ -43,15 +44,19 @@ def build_prompt_messages(
     text; image entries are ``{"type": "image"}`` placeholders that the processor fills with
     the frames in the same order. ``system_prompt=None`` leaves the system message out (for
     chat templates without a system role; :func:`render_prompt` then folds it into the user
-    turn).
+    turn). ``template_breaks_after_image``: the chat template already writes a newline after
+    each image (InternVL's does, see :func:`template_breaks_after_image`), so the text after
+    an image does not start with one; either way each frame ends up on its own line.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    lead = "" if template_breaks_after_image else "\n"
     content: list[dict[str, Any]] = []
     for i in range(1, num_frames + 1):
-        content.append({"type": "text", "text": f"Frame{i}: " if i == 1 else f"\nFrame{i}: "})
+        content.append({"type": "text", "text": f"Frame{i}: " if i == 1 else f"{lead}Frame{i}: "})
         content.append({"type": "image"})
-    content.append({"type": "text", "text": format_question(item.question, item.options)})
+    question = format_question(item.question, item.options)
+    content.append({"type": "text", "text": question if lead else question[1:]})
     messages: list[dict[str, Any]] = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
@@ -90,6 +95,30 @@ def render_prompt(processor: Any, messages: list[dict[str, Any]]) -> str:
         if messages and messages[0]["role"] == "system" and "system" in str(err).lower():
             return render_prompt(processor, _fold_system(messages))
         raise
+
+
+def template_breaks_after_image(processor: Any) -> bool:
+    """Whether the chat template writes a newline right after each image's markup.
+
+    Renders a probe ``[text, image, text]`` and looks at what separates the image markup
+    from the following text.
+    """
+    probe = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "<<before>>"},
+                {"type": "image"},
+                {"type": "text", "text": "<<after>>"},
+            ],
+        }
+    ]
+    try:
+        text = render_prompt(processor, probe)
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe: assume no break
+        return False
+    start, end = text.find("<<before>>"), text.find("<<after>>")
+    return 0 <= start < end and text[:end].endswith("\n")
 
 
 def _fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -226,7 +226,7 @@ def build_internvl(out: Path, size: str = "tiny", tokenizer_kind: str = "bytelev
             "context_image_token": "<IMG_CONTEXT>",
             "video_token": "<video>",
         },
-        chat_template=_qwen_style("<IMG_CONTEXT>"),
+        chat_template=_qwen_style("<IMG_CONTEXT>\\n"),  # InternVL3-hf breaks the line after an image
         eos_token="<|im_end|>",
     )
     vision = InternVLVisionConfig(
