@@ -1,0 +1,138 @@
+"""The project's own small reference model: a tiny LLaVA (SigLIP vision tower + Llama) built
+from a config, with a word-level tokenizer trained on the synthetic benchmarks' text.
+
+It is a real ``transformers`` architecture (``LlavaForConditionalGeneration``), saved and
+loaded with ``save_pretrained`` / ``from_pretrained`` like any checkpoint, and scored through
+the same adapter interface as real checkpoints (``refocus.reference.load_reference``). Its job
+is to make the whole ReFoCUS loop learnable on a CPU: given the evidence frames it answers the
+synthetic questions, given other frames it is near chance, so its margins say whether a frame
+subset holds the evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+# A ChatML-like template: the same structure the paper's reward prompt (Appendix B.6.1) uses.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
+LETTERS = [chr(ord("A") + i) for i in range(26)]
+# Words of the reward prompt and the frame markers; the benchmark text adds the rest.
+BASE_VOCAB_TEXT = (
+    "system user assistant You are a helpful assistant . Please choose the correct answer to the "
+    "multiple-choice question regarding a video . The answer must be a single uppercase letter . "
+    "Options : " + " ".join(f"Frame{i} :" for i in range(1, 1025)) + " " + " ".join(LETTERS)
+)
+
+
+@dataclass
+class SmallReferenceConfig:
+    """Architecture of the small reference model (sizes chosen to train in minutes on 2 cores)."""
+
+    image_size: int = 64
+    """Frame side in pixels the vision tower sees (frames are decoded at this size)."""
+    patch_size: int = 16
+    """ViT patch size: (64 / 16)^2 = 16 visual tokens per frame."""
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    max_position_embeddings: int = 4096
+    """Enough for 32 frames x (16 image tokens + marker) plus the question."""
+
+
+def train_tokenizer(texts: Iterable[str]):
+    """A word-level tokenizer over ``texts`` plus the prompt words; every letter is one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator([BASE_VOCAB_TEXT, *texts], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_small_reference(tokenizer, config: SmallReferenceConfig | None = None):
+    """Build an untrained tiny LLaVA and its processor around ``tokenizer``.
+
+    Returns ``(model, processor)``.
+    """
+    from transformers import (
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    cfg = config or SmallReferenceConfig()
+    vision = SiglipVisionConfig(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=cfg.vision_hidden * 2,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=cfg.text_hidden * 2,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    config.refocus_small_reference = asdict(cfg)
+    model = LlavaForConditionalGeneration(config)
+    image_processor = SiglipImageProcessorPil(
+        size={"height": cfg.image_size, "width": cfg.image_size},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
