@@ -1,0 +1,47 @@
+"""Library entry point of ``refocus train``: load data and reference, run the GRPO trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from refocus.errors import RefocusError
+from refocus.training.config import GRPOConfig, load_config
+from refocus.training.trainer import GRPOTrainer, TrainResult
+
+
+def train_policy(
+    data: str | Path,
+    reference: str | Path,
+    out_dir: str | Path,
+    config: str | Path | GRPOConfig | None = None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    from refocus.data.questions import load_questions
+    from refocus.reference import load_reference
+
+    cfg = config if isinstance(config, GRPOConfig) else load_config(config, max_steps=max_steps, seed=seed)
+    out_dir = Path(out_dir)
+    errors: list = []
+    items = load_questions(data, errors=errors)
+    if not items:
+        raise RefocusError(f"{data}: no valid questions to train on")
+    ref = load_reference(reference, batch_size=cfg.reference_batch_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = GRPOTrainer(cfg, items, ref, out_dir, resume=resume, progress=progress)
+    result = trainer.train()
+    result.skipped[:0] = [{"id": None, "reason": str(e)} for e in errors]
+    if trainer.accelerator.is_main_process:
+        (out_dir / "train_summary.json").write_text(json.dumps({
+            "steps": result.steps, "policy": str(result.policy_dir), "skipped": result.skipped,
+            "nonfinite_steps": result.nonfinite_steps, "reference_calls": result.reference_calls,
+            "num_processes": result.num_processes, "replica_max_abs_diff": result.replica_max_abs_diff,
+            "last_metrics": result.last_metrics,
+        }, indent=2) + "\n")
+    return result
