@@ -108,8 +108,7 @@ def heatmap(
     """
     plt = _pyplot()
     data = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
-    colormap = plt.get_cmap(cmap).copy()
-    colormap.set_bad("#d9d9d9")
+    colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     image = ax.imshow(data, cmap=colormap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(xlabels)), labels=list(xlabels))
     ax.set_yticks(range(len(ylabels)), labels=list(ylabels))
