@@ -13,9 +13,12 @@ video, so it is not part of sampling.
   Both draw the same random numbers, so they select the same frames (checked and reported).
 * replay: ``FramePolicy.replay_logprobs`` on the fast sampler's orders; max abs difference
   to the sampled log-probs. Also timed with a backward pass (the training step's cost).
-* cost in T: the fast sampler at ``--long-frames`` over ``--frames``.
+* cost in T: the fast sampler at ``--long-frames`` over ``--frames``; and the peak memory
+  added by a replay forward + backward at both lengths (each in a fresh process).
 
-Times are medians of ``--repeats`` runs after a warm-up (the literal sampler runs once; with
+Times are medians of ``--repeats`` runs after a warm-up; the T and long-T runs alternate and
+the cost ratio is the median of per-pair ratios, so a burst of load from other jobs on a
+shared machine hits both sides (the literal sampler runs once; with
 ``--literal-candidates`` below N it runs that many candidates and is scaled linearly to N,
 which the output says). Prints one line per measurement, then a JSON dict as the last line.
 """
@@ -25,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -46,6 +51,42 @@ def _inputs(num_frames: int, args: argparse.Namespace, width: int, vocab: int):
     return features, question
 
 
+def _peak_rss_kb() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from
+    the parent across fork + exec, so a child would report the benchmark's own peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _replay_peak_mb(num_frames: int, args: argparse.Namespace) -> float:
+    """Peak resident memory added by one replay forward + backward (run in a fresh process)."""
+    from refocus.policy import FramePolicy, FramePolicyConfig
+
+    torch.manual_seed(args.seed)
+    policy = FramePolicy(FramePolicyConfig(tokens_per_frame=args.tokens_per_frame)).train()
+    width = int(policy.config.vision_config["hidden_size"])
+    features, question = _inputs(
+        num_frames, args, width, policy.config.backbone_config["vocab_size"]
+    )
+    order = torch.stack([torch.randperm(num_frames)[: args.budget] for _ in range(args.candidates)])
+    before = _peak_rss_kb()
+    logprobs, entropies = policy.replay_logprobs(features, question, order[None])
+    (logprobs.sum() + entropies.sum()).backward()
+    return (_peak_rss_kb() - before) / 1024
+
+
+def _probe_memory(num_frames: int, args: argparse.Namespace) -> float:
+    command = [sys.executable, __file__, "--probe-memory", str(num_frames)]
+    command += ["--tokens-per-frame", str(args.tokens_per_frame), "--budget", str(args.budget)]
+    command += ["--candidates", str(args.candidates), "--seed", str(args.seed)]
+    command += ["--question-tokens", str(args.question_tokens)]
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+    return json.loads(lines[-1])["peak_mb"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=512, help="T")
@@ -57,11 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--literal-candidates", type=int, default=None, help="N for the literal run"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.probe_memory is not None:
+        print(json.dumps({"peak_mb": _replay_peak_mb(args.probe_memory, args)}))
+        return {}
 
     from refocus.policy import FramePolicy, FramePolicyConfig
 
@@ -84,8 +129,18 @@ def main(argv: list[str] | None = None) -> dict:
             feats, question, k=k, num_candidates=n, generator=torch.Generator().manual_seed(1)
         )
 
-    fast()  # warm-up
-    fast_s, sampled = _median_time(fast, args.repeats)
+    long_features, _ = _inputs(args.long_frames, args, width, vocab)
+    fast(), fast(long_features)  # warm-up
+    # Short and long runs alternate, so both see the same load on a shared machine; the cost
+    # ratio is the median of the per-pair ratios.
+    short_times, long_times = [], []
+    for _ in range(args.repeats):
+        short_s, sampled = _median_time(fast, 1)
+        long_s, _ = _median_time(lambda: fast(long_features), 1)
+        short_times.append(short_s)
+        long_times.append(long_s)
+    fast_s = statistics.median(short_times)
+    ratio = statistics.median(lt / st for lt, st in zip(long_times, short_times, strict=True))
     print(f"fast (prefix once + {k} batched steps): {fast_s:.3f} s")
 
     with torch.no_grad():
@@ -125,13 +180,17 @@ def main(argv: list[str] | None = None) -> dict:
     policy.eval()
     print(f"replay forward + backward (N={n}, T'={k}): {replay_s:.3f} s")
 
-    long_features, _ = _inputs(args.long_frames, args, width, vocab)
-    fast(long_features)
-    long_s, _ = _median_time(lambda: fast(long_features), args.repeats)
-    ratio = long_s / fast_s
     print(
-        f"fast at T={args.long_frames}: {long_s:.3f} s, {ratio:.2f}x the time at T={args.frames} "
+        f"fast at T={args.long_frames}: {statistics.median(long_times):.3f} s, "
+        f"{ratio:.2f}x the time at T={args.frames} "
         f"({args.long_frames / args.frames:g}x the frames)"
+    )
+
+    mem_short, mem_long = _probe_memory(args.frames, args), _probe_memory(args.long_frames, args)
+    mem_ratio = mem_long / mem_short
+    print(
+        f"replay forward + backward peak memory: {mem_short:.0f} MB at T={args.frames}, "
+        f"{mem_long:.0f} MB at T={args.long_frames} ({mem_ratio:.2f}x)"
     )
 
     result = {
@@ -142,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         "literal_s": round(literal_s, 3),
         "literal_same_selections": same,
         "replay_fwd_bwd_s": round(replay_s, 4),
+        "replay_memory_ratio_2048_vs_512": round(mem_ratio, 3),
     }
     print(json.dumps(result))
     return result
