@@ -452,3 +452,25 @@ def test_available_frames_and_masked_entropy_by_hand():
     probs = torch.softmax(logits[0, [0, 1, 3]], 0).numpy()
     assert masked_entropy(logp, available).item() == pytest.approx(scipy_entropy(probs), abs=1e-6)
     assert math.isinf(logp[0, 2].item()) and logp[0, 2] < 0
+
+
+def test_policy_reuses_the_small_reference_models_vision_tower():
+    small = pytest.importorskip("refocus.reference.small_model")
+    tokenizer = small.train_tokenizer(["where is the red ball ?"])
+    reference, _ = small.build_small_reference(tokenizer)
+    config = FramePolicyConfig(
+        vision_config=reference.config.vision_config.to_dict(),
+        backbone_config={"vocab_size": len(tokenizer)},
+        tokens_per_frame=P,
+    )
+    policy = FramePolicy(config).eval()
+    policy.load_vision_tower(reference.model.vision_tower)
+    frames = np.random.default_rng(4).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    pixels = (torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        tokens = reference.model.vision_tower(pixel_values=pixels).last_hidden_state
+    feats = policy.encode_frames(frames)
+    assert torch.allclose(feats, pool_frame_tokens(tokens, P), atol=1e-6)
+    item = SimpleNamespace(question="where is the red ball?", options=("left", "right"))
+    out = policy.select([feats], [tokenize_question(tokenizer, item)], k=3, num_candidates=2)
+    assert out.indices.shape == (1, 2, 3)
