@@ -175,6 +175,20 @@ def test_grid_videos_have_the_requested_lengths_and_needle_positions(grid, items
         assert color_fraction(video.frames[~mask], item.meta["color"]).max() < 0.005, item.id
 
 
+def test_default_grid_does_not_sit_on_uniform_bin_edges():
+    """With 5 positions every needle falls between uniform's picks; the default 8 does not."""
+    from refocus.data.synth.grid import DEFAULT_LENGTHS, DEFAULT_POSITIONS, needle_positions
+
+    def uniform_recall(count: int) -> float:
+        hits = [any(s <= i < s + n for i in uniform_indices(t, 8))
+                for t in DEFAULT_LENGTHS for p in needle_positions(count) for n in (3, 4)
+                for s in [needle_start(t, n, p)]]
+        return float(np.mean(hits))
+
+    assert uniform_recall(5) < 0.05
+    assert uniform_recall(DEFAULT_POSITIONS) > 0.15  # ~ the 0.17 of randomly placed needles
+
+
 def test_grid_is_reused_when_the_parameters_match(grid):
     before = {p: p.stat().st_mtime_ns for p in (grid.parent / "videos").iterdir()}
     again = write_niah_grid(grid.parent, LENGTHS, POSITIONS, PER_CELL, seed=5, size=SIZE)

@@ -51,6 +51,9 @@ from refocus.errors import RefocusError
 JSON_NAME = "entropy.json"
 PNG_NAME = "entropy.png"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+FEATURE_CACHE_BYTES = 2 * 1024**3
+"""Encoder features kept across checkpoints (tiny policies: all items; full-size towers at
+T = 512 frames exceed this after a few videos and are re-encoded per checkpoint instead)."""
 
 
 @dataclass
@@ -203,11 +206,15 @@ def run_entropy_analysis(
                 continue
             times = relative_times(video.timestamps)
             key = (tower, item.id)
-            if key not in feature_cache:
-                if len(feature_cache) >= 2 * len(items):  # a new tower: drop the old ones
+            feats = feature_cache.get(key)
+            if feats is None:
+                feats = _encode(selector, video)
+                if any(k[0] != tower for k in feature_cache):  # a new tower: old features are stale
                     feature_cache.clear()
-                feature_cache[key] = _encode(selector, video)
-            orders = _sample_orders(selector, feature_cache[key], item, cfg, len(times))
+                cached_bytes = sum(f.numel() * f.element_size() for f in feature_cache.values())
+                if cached_bytes + feats.numel() * feats.element_size() <= FEATURE_CACHE_BYTES:
+                    feature_cache[key] = feats
+            orders = _sample_orders(selector, feats, item, cfg, len(times))
             for k, value in selection_entropies(times, orders, cfg.ks, cfg.knn).items():
                 per_k[k].append(value)
             if index == 0:

@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--lengths", default="64,128,256,512,1024",
                    help="total frames of the grid videos (default 64,128,256,512,1024)")
-    p.add_argument("--positions", type=int, default=5,
-                   help="evenly spaced needle positions from start to end (default 5)")
+    p.add_argument("--positions", type=int, default=8,
+                   help="evenly spaced needle positions from start to end (default 8; 5 would "
+                   "put every needle on uniform sampling's bin edges)")
     p.add_argument("--per-cell", type=int, default=2, help="videos per cell (default 2)")
     p.add_argument("--budget", type=int, default=8, help="frames each selector picks (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the grid and the selectors (default 0)")
