@@ -283,9 +283,10 @@ def plot_diversity(result: dict, examples: Sequence[dict], path: str | Path) -> 
                 values = [result["groups"][g][who][metric] for g in groups]
                 heights = [np.nan if v is None else v for v in values]
                 bars = ax.bar(x + offset, heights, width, label=who, color=COLORS[who])
-                bar_labels(ax, bars)
+                bar_labels(ax, bars, fmt="{:.3g}")
             ax.set_xticks(x, labels=[_group_label(g, result["groups"][g]) for g in groups],
                           fontsize=7.5)
+            ax.set_xlabel("length group: items, frames")
             ax.set_title(METRIC_LABELS[metric])
             ax.set_ylabel("mean pairwise distance")
             ax.margins(y=0.15)
@@ -312,7 +313,7 @@ def plot_diversity(result: dict, examples: Sequence[dict], path: str | Path) -> 
 
 def _group_label(group: str, row: dict) -> str:
     lo, hi = row["frames"]
-    return f"{group}\nn={row['n_items']}\n{lo}–{hi} fr"
+    return f"{group}\nn={row['n_items']}\n{lo}–{hi}"
 
 
 def _plot_example(ax: Any, record: dict, budget: int, colors: dict) -> None:

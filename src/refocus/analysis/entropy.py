@@ -329,6 +329,7 @@ def plot_entropy(result: dict, path: str | Path) -> Path:
                 ax.axhline(reference, color=color, ls="--", lw=1.0, alpha=0.8)
         ax.plot([], [], color="grey", ls="--", lw=1.0, label="uniform sampling (same T')")
         ax.set_xlabel("training step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("temporal entropy of selected frames\n(KL estimator, nats, time in video lengths)")
         ax.set_title(f"Temporal entropy over training ({result['samples']} samples × "
                      f"{result['n_items']} items per point)")
