@@ -30,7 +30,7 @@ LETTERS = [chr(ord("A") + i) for i in range(26)]
 BASE_VOCAB_TEXT = (
     "system user assistant You are a helpful assistant . Please choose the correct answer to the "
     "multiple-choice question regarding a video . The answer must be a single uppercase letter . "
-    "Options : " + " ".join(f"Frame{i} :" for i in range(1, 1025)) + " " + " ".join(LETTERS)
+    "Options : clutter " + " ".join(f"Frame{i} :" for i in range(1, 1025)) + " " + " ".join(LETTERS)
 )
 
 
@@ -50,6 +50,9 @@ class SmallReferenceConfig:
     text_heads: int = 4
     max_position_embeddings: int = 4096
     """Enough for 32 frames x (16 image tokens + marker) plus the question."""
+    tie_word_embeddings: bool = True
+    """Tie the LM head to the input embeddings: the answer letter is then read by copying the
+    letter token's embedding from the options list, which the model learns much sooner."""
 
 
 def train_tokenizer(texts: Iterable[str]):
@@ -110,7 +113,7 @@ def build_small_reference(tokenizer, config: SmallReferenceConfig | None = None)
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_word_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -119,6 +122,7 @@ def build_small_reference(tokenizer, config: SmallReferenceConfig | None = None)
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
+        tie_word_embeddings=cfg.tie_word_embeddings,
     )
     config.refocus_small_reference = asdict(cfg)
     model = LlavaForConditionalGeneration(config)

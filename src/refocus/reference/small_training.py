@@ -29,8 +29,8 @@ from refocus.reference.small_model import LETTERS, SmallReferenceConfig
 class SmallReferenceTrainConfig:
     """Optimisation settings for the small reference model (CPU-sized)."""
 
-    steps: int = 1500
-    """Optimiser steps."""
+    steps: int = 300
+    """Stage 3: optimiser steps on real frames (all parameters)."""
     batch_size: int = 32
     """Examples (question + frame subset) per step."""
     lr: float = 1e-3
@@ -42,6 +42,18 @@ class SmallReferenceTrainConfig:
     """Share of examples whose subset covers every evidence span."""
     partial_fraction: float = 0.1
     """Share of examples covering only some spans (multi-evidence questions)."""
+    align_steps: int = 400
+    """Stage 1 (language model): steps on prompts whose frames are word embeddings standing in
+    for images ("red star" for the needle frame, "clutter" for the others)."""
+    vision_steps: int = 150
+    """Stage 2 (vision tower + projector): steps regressing each frame's visual tokens onto the
+    words that stage 1 read, so real frames then look to the language model like those words."""
+    vision_batch_size: int = 96
+    aux_weight: float = 1.0
+    """Weight of the two auxiliary losses that break the "binding" plateau: at each option's
+    last token, predict that option's letter; at the answer position, predict the correct
+    option's text (single-token options, subsets with evidence). Without them a model trained
+    from scratch sits at chance for thousands of steps before it links what it sees to a letter."""
     val_fraction: float = 0.1
     """Share of questions held out (by a hash of the id) to measure accuracy."""
     val_subsets: int = 4
@@ -117,12 +129,27 @@ class _PromptCache:
         self._ids: dict[tuple, list[int]] = {}
 
     def ids(self, item: QAItem, k: int) -> list[int]:
+        return self.encode(item, k)[0]
+
+    def encode(self, item: QAItem, k: int) -> tuple[list[int], list[int]]:
+        """Token ids and, per option, the index of its last text token."""
         key = (item.id, item.options, k)
         if key not in self._ids:
             text = render_prompt(self.processor, build_prompt_messages(item, k))
             text = text.replace("<image>", "<image>" * self.tokens_per_image)
-            self._ids[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._ids[key] = (ids, self._option_ends(ids, len(item.options)))
         return self._ids[key]
+
+    def _option_ends(self, ids: list[int], n: int) -> list[int]:
+        letter = self.tokenizer.convert_tokens_to_ids(LETTERS[: n + 1])
+        dot, end = self.tokenizer.convert_tokens_to_ids([".", "<|im_end|>"])
+        starts = []
+        for j in range(n):  # the last "X ." pair in the prompt starts option j's text
+            hits = [i for i in range(len(ids) - 1) if ids[i] == letter[j] and ids[i + 1] == dot]
+            starts.append(hits[-1] + 2)
+        stops = [start - 2 for start in starts[1:]] + [ids.index(end, starts[-1])]
+        return [stop - 1 for stop in stops]
 
 
 def shuffle_options(item: QAItem, rng: np.random.Generator) -> QAItem:
@@ -143,19 +170,97 @@ def _letter_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(tokenizer.convert_tokens_to_ids(LETTERS))
 
 
-def _batch_logits(model, prompt_cache, letter_ids, batch, dtype=torch.float32):
-    """batch: list of (item, frames (k, S, S, 3)). Returns option-letter logits (B, 26)."""
+def _batch_forward(model, prompt_cache, batch, dtype=torch.float32):
+    """batch: list of (item, frames (k, S, S, 3)).
+
+    Returns the last hidden states (B, L, D), the left-padding offsets (B,) and the option
+    end positions per example (already shifted by the offsets).
+    """
     tok = prompt_cache.tokenizer
-    seqs = [prompt_cache.ids(item, len(frames)) for item, frames in batch]
-    L = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), L), tok.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):  # left padding: the answer position is the last one
-        input_ids[i, L - len(s):] = torch.tensor(s)
-        attention[i, L - len(s):] = 1
+    encoded = [prompt_cache.encode(item, len(frames)) for item, frames in batch]
+    L = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), L), tok.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), L), dtype=torch.long)
+    option_pos = []
+    for i, (ids, ends) in enumerate(encoded):  # left padding: the answer position is the last one
+        off = L - len(ids)
+        input_ids[i, off:] = torch.tensor(ids)
+        attention[i, off:] = 1
+        option_pos.append([off + e for e in ends])
     pixels = pixel_values_from_frames(np.concatenate([f for _, f in batch]))
-    out = model(input_ids=input_ids, attention_mask=attention, pixel_values=pixels.to(dtype), logits_to_keep=1)
-    return out.logits[:, -1, :].float()[:, letter_ids]  # (B, 26)
+    hidden = model.model(input_ids=input_ids, attention_mask=attention, pixel_values=pixels.to(dtype)).last_hidden_state
+    return hidden, option_pos
+
+
+def _batch_logits(model, prompt_cache, letter_ids, batch, dtype=torch.float32):
+    """Option-letter logits (B, 26) at the answer position."""
+    hidden, _ = _batch_forward(model, prompt_cache, batch, dtype)
+    return model.lm_head(hidden[:, -1]).float()[:, letter_ids]
+
+
+def _single_token_answers(items: list[QAItem], tokenizer) -> dict[str, int]:
+    """Option texts that are one token (colours, shapes, counts): the auxiliary answer vocabulary."""
+    vocab = sorted({o for it in items for o in it.options if len(tokenizer.tokenize(o)) == 1})
+    return {o: i for i, o in enumerate(vocab)} | {"__ids__": tokenizer.convert_tokens_to_ids(vocab)}
+
+
+def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_vocab) -> torch.Tensor:
+    """Letter of each option at its last token + the correct option's text at the answer position."""
+    rows = [i for i, pos in enumerate(option_pos) for _ in pos]
+    cols = [p for pos in option_pos for p in pos]
+    letters = torch.tensor([j for pos in option_pos for j in range(len(pos))])
+    read = F.cross_entropy(model.lm_head(hidden[rows, cols]).float()[:, letter_ids], letters)
+    seen = [i for i, (it, kind) in enumerate(zip(items, kinds, strict=True))
+            if kind == "positive" and it.options[it.answer_index] in answer_vocab]
+    if not seen:
+        return read
+    vocab_ids = torch.tensor(answer_vocab["__ids__"])
+    target = torch.tensor([answer_vocab[items[i].options[items[i].answer_index]] for i in seen])
+    name = F.cross_entropy(model.lm_head(hidden[seen, -1]).float()[:, vocab_ids], target)
+    return read + name
+
+
+def _pseudo_frame_embeddings(model, word_ids: dict[str, int], item: QAItem, needle: bool, tokens: int) -> torch.Tensor:
+    """(P, D) stand-in for a frame's visual tokens: the words naming what it shows."""
+    words = [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+    emb = model.get_input_embeddings()(torch.tensor([word_ids[w] for w in words]))  # (n, D)
+    return emb.repeat((tokens + len(words) - 1) // len(words), 1)[:tokens]
+
+
+def _describable(item: QAItem) -> bool:
+    return "color" in item.meta and "shape" in item.meta and item.category in ("needle_color", "needle_shape")
+
+
+def _pseudo_forward(model, prompts, word_ids, batch, kinds, tokens: int, rng: np.random.Generator):
+    """Language-model forward where each frame's image tokens are word embeddings (stage 1)."""
+    encoded = [prompts.encode(item, k) for item, k in batch]
+    L = max(len(ids) for ids, _ in encoded)
+    tok = prompts.tokenizer
+    image_id = tok.convert_tokens_to_ids("<image>")
+    embed = model.get_input_embeddings()
+    rows, option_pos = [], []
+    attention = torch.zeros((len(batch), L), dtype=torch.long)
+    for i, ((item, k), (ids, ends), kind) in enumerate(zip(batch, encoded, kinds, strict=True)):
+        off = L - len(ids)
+        x = embed(torch.tensor([tok.pad_token_id] * off + ids))  # (L, D)
+        needle_at = int(rng.integers(k)) if kind == "positive" else -1
+        frames = [_pseudo_frame_embeddings(model, word_ids, item, j == needle_at, tokens) for j in range(k)]
+        slots = torch.tensor([off + j for j, t in enumerate(ids) if t == image_id])
+        x = x.index_put((slots,), torch.cat(frames))
+        rows.append(x)
+        attention[i, off:] = 1
+        option_pos.append([off + e for e in ends])
+    hidden = model.model.language_model(inputs_embeds=torch.stack(rows), attention_mask=attention).last_hidden_state
+    return hidden, option_pos
+
+
+def _image_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Projected visual tokens (N, P, D) exactly as LLaVA's forward computes them."""
+    cfg = model.config
+    out = model.model.get_image_features(pixel_values=pixels, vision_feature_layer=cfg.vision_feature_layer,
+                                         vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
 
 def _masked_option_logits(logits: torch.Tensor, items: list[QAItem]) -> torch.Tensor:
@@ -219,57 +324,78 @@ def train_small_reference(
     model.train()
     prompts = _PromptCache(processor, (cfg.model.image_size // cfg.model.patch_size) ** 2)
     letter_ids = _letter_ids(tokenizer)
+    answer_vocab = _single_token_answers(train_items, tokenizer)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     kinds = ["positive", "partial", "negative"]
     p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
     kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
     kind_p = kind_p / kind_p.sum()
+    tokens = prompts.tokens_per_image
+    described = [it for it in train_items if _describable(it)]
+    word_ids = dict(zip(["clutter"] + sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])}),
+                        tokenizer.convert_tokens_to_ids(
+                            ["clutter"] + sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])})),
+                        strict=True))
+    history: list[dict] = []
 
-    history = []
-    bar = tqdm(range(cfg.steps), desc="train reference", disable=not progress)
-    ema_loss, ema_acc = None, None
-    for step in bar:
+    def draw_batch(pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
         k = int(rng.choice(cfg.frames_per_example))
-        batch_items = [
-            shuffle_options(train_items[i], rng) for i in rng.integers(0, len(train_items), cfg.batch_size)
-        ]
-        batch = []
-        for it in batch_items:
-            v = videos[str(it.video)]
-            kind = kinds[int(rng.choice(3, p=kind_p))]
-            idx = sample_subset(rng, v, k, kind)
-            batch.append((it, v.frames[idx]))
-        # Examples of one step share K; pad-free grouping keeps the prompt cache simple.
-        logits = _masked_option_logits(_batch_logits(model, prompts, letter_ids, batch), batch_items)
-        target = torch.tensor([it.answer_index for it in batch_items])
-        loss = F.cross_entropy(logits, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        acc = (logits.argmax(-1) == target).float().mean().item()
-        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
-        ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.2f}")
-            history.append({"step": step, "loss": ema_loss, "acc": ema_acc})
+        items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
+        return k, items_, [kinds[int(rng.choice(3, p=kind_p))] for _ in items_]
 
+    def answer_loss(hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
+        logits = _masked_option_logits(model.lm_head(hidden[:, -1]).float()[:, letter_ids], items_)
+        target = torch.tensor([it.answer_index for it in items_])
+        loss = F.cross_entropy(logits, target)
+        if cfg.aux_weight:
+            loss = loss + cfg.aux_weight * _aux_losses(model, hidden, option_pos, items_, kinds_,
+                                                      letter_ids, answer_vocab)
+        return loss, (logits.argmax(-1) == target).float().mean().item()
+
+    # Stage 1: the language model learns to answer from frames given as words.
+    def align_step() -> tuple[torch.Tensor, float]:
+        k, items_, kinds_ = draw_batch(described)
+        kinds_ = ["negative" if kd == "negative" else "positive" for kd in kinds_]
+        hidden, option_pos = _pseudo_forward(model, prompts, word_ids, [(it, k) for it in items_], kinds_, tokens, rng)
+        return answer_loss(hidden, option_pos, items_, kinds_)
+
+    # Stage 2: the vision tower and projector learn to say those words from pixels.
+    needle_frames = [(it, i) for it in described for i in videos[str(it.video)].spans[0]] if described else []
+
+    def vision_step() -> tuple[torch.Tensor, float]:
+        half = cfg.vision_batch_size // 2
+        picks = [needle_frames[i] for i in rng.integers(0, len(needle_frames), half)]
+        hay = []
+        for i in rng.integers(0, len(described), half):
+            v = videos[str(described[i].video)]
+            pool = np.flatnonzero(~v.evidence_mask)
+            hay.append((described[i], int(rng.choice(pool)) if len(pool) else 0))
+        frames = np.stack([videos[str(it.video)].frames[i] for it, i in picks + hay])
+        with torch.no_grad():
+            target = torch.stack([_pseudo_frame_embeddings(model, word_ids, it, j < half, tokens)
+                                  for j, (it, _) in enumerate(picks + hay)])
+        pred = _image_tokens(model, pixel_values_from_frames(frames))
+        return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
+
+    # Stage 3: everything, on real frames.
+    def joint_step() -> tuple[torch.Tensor, float]:
+        k, items_, kinds_ = draw_batch(train_items)
+        batch = []
+        for it, kind in zip(items_, kinds_, strict=True):
+            v = videos[str(it.video)]
+            batch.append((it, v.frames[sample_subset(rng, v, k, kind)]))
+        hidden, option_pos = _batch_forward(model, prompts, batch)
+        return answer_loss(hidden, option_pos, items_, kinds_)
+
+    stages = [("align", align_step, cfg.align_steps if described else 0, None),
+              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, "vision"),
+              ("joint", joint_step, cfg.steps, None)]
+    for stage, step_fn, steps, only in stages:
+        if steps <= 0:
+            continue
+        params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+                  if only == "vision" else list(model.parameters()))
+        _optimise(stage, step_fn, params, steps, cfg, history, progress)
     model.eval()
     val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +412,40 @@ def train_small_reference(
     }
     (out_dir / "reference_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _optimise(stage: str, step_fn, params, steps: int, cfg: SmallReferenceTrainConfig,
+              history: list[dict], progress: bool) -> None:
+    """AdamW with warm-up and cosine decay over one stage; appends smoothed loss/accuracy to history."""
+    from tqdm.auto import tqdm
+
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    warmup = min(cfg.warmup_steps, max(1, steps // 5))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema_loss = ema_acc = None
+    bar = tqdm(range(steps), desc=f"reference: {stage}", disable=not progress)
+    for step in bar:
+        loss, acc = step_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        if not math.isnan(acc):
+            ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{ema_loss:.3f}", acc="-" if ema_acc is None else f"{ema_acc:.2f}")
+            history.append({"stage": stage, "step": step, "loss": ema_loss, "acc": ema_acc})
 
 
 @torch.no_grad()

@@ -1,0 +1,97 @@
+"""The project's own small reference model: building, training plumbing, adapter round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from refocus.data.questions import load_questions
+from refocus.data.synth import make_benchmark
+from refocus.reference import load_reference
+from refocus.reference.small_model import SmallReferenceConfig, build_small_reference, train_tokenizer
+from refocus.reference.small_training import (
+    SmallReferenceTrainConfig,
+    _PromptCache,
+    pixel_values_from_frames,
+    sample_subset,
+    shuffle_options,
+    train_small_reference,
+)
+from refocus.video import load_video
+
+TINY = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1,
+                            text_hidden=32, text_layers=1, text_heads=2)
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory):
+    return make_benchmark("niah", tmp_path_factory.mktemp("niah"), videos=6, frames=(16, 24), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+def test_fast_prompt_and_pixels_equal_the_processor(qa):
+    items = load_questions(qa)
+    tok = train_tokenizer([f"{it.question} {' '.join(it.options)}" for it in items])
+    model, processor = build_small_reference(tok, SmallReferenceConfig())
+    video = load_video(items[0].video, size=64)
+    cache = _PromptCache(processor, 16)
+    from refocus.reference.prompt import build_prompt_messages, render_prompt
+
+    text = render_prompt(processor, build_prompt_messages(items[0], 3))
+    enc = processor(text=[text], images=[video.frames[i] for i in range(3)], return_tensors="pt")
+    ids, ends = cache.encode(items[0], 3)
+    assert enc["input_ids"][0].tolist() == ids
+    assert torch.equal(enc["pixel_values"], pixel_values_from_frames(video.frames[:3]))
+    # each option end is that option's (single) word token
+    for j, end in enumerate(ends):
+        assert tok.convert_ids_to_tokens(ids[end]) == items[0].options[j]
+    assert tok.convert_tokens_to_ids("A") != tok.unk_token_id  # letters are single tokens
+
+
+def test_shuffle_options_keeps_the_answer_text(qa):
+    item = load_questions(qa)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        s = shuffle_options(item, rng)
+        assert sorted(s.options) == sorted(item.options)
+        assert s.options[s.answer_index] == item.options[item.answer_index]
+
+
+def test_subsets_with_and_without_evidence(qa):
+    from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
+    from refocus.reference.small_training import _Video
+
+    item = load_questions(qa)[0]
+    v = load_video(item.video, size=32)
+    mask = evidence_frame_mask(v.timestamps, item.evidence)
+    video = _Video(v.frames, mask, evidence_spans_frames(v.timestamps, item.evidence))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pos = sample_subset(rng, video, 4, "positive")
+        neg = sample_subset(rng, video, 4, "negative")
+        assert len(pos) == len(set(pos)) == 4 and pos == sorted(pos)
+        assert mask[pos].any() and not mask[neg].any()
+
+
+def test_training_saves_a_checkpoint_that_loads_as_a_reference(tmp_path, qa):
+    cfg = SmallReferenceTrainConfig(steps=2, align_steps=2, vision_steps=2, batch_size=4,
+                                    vision_batch_size=4, val_fraction=0.34, val_subsets=1, model=TINY)
+    summary = train_small_reference(load_questions(qa), tmp_path / "ref", cfg, progress=False)
+    stages = [h["stage"] for h in summary["history"]]
+    assert stages.count("align") and stages.count("vision") and stages.count("joint")
+    saved = json.loads((tmp_path / "ref" / "reference_train.json").read_text())
+    assert "val_acc_with_evidence_k4" in saved and "val_acc_without_evidence_k8" in saved
+    ref = load_reference(tmp_path / "ref")
+    assert ref.image_size == 32
+    item = load_questions(qa)[1]
+    frames = load_video(item.video, size=32).frames
+    logits = ref.option_logits(item, frames, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert logits.shape == (2, 4) and np.isfinite(logits).all()
