@@ -1,0 +1,171 @@
+"""Configuration of the Frame-Voyager baseline: ranking-data collection and ranker training.
+
+Frame-Voyager (Yu et al., ICLR 2025) labels T-frame combinations of a video with a frozen
+Video-LLM's loss on the answer and trains a model to query the low-loss combinations. Its code
+was never released; defaults here are sized for the synthetic CPU setting of this project.
+YAML files only override fields of :class:`VoyagerConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from refocus.errors import ConfigError
+
+SCORINGS = ("set", "sequence")
+VOYAGER_FILE = "voyager.json"
+"""Written into every saved ranker directory: tells the ``voyager`` selector how to score."""
+
+
+@dataclass
+class CollectConfig:
+    """How combinations are drawn and labelled (``refocus voyager collect``)."""
+
+    combination_size: int = 4
+    """T: frames per combination (Frame-Voyager labels T = 2 and 4 combinations)."""
+    clip_length: int = 32
+    """Consecutive decoded frames per clip; combinations are drawn inside one clip, as
+    Frame-Voyager traverses the combinations of short clips (the number of combinations of a
+    whole video is out of reach). A last clip shorter than T joins the one before it."""
+    max_combinations: int = 32
+    """Cap on combinations labelled per question (= reference-model calls per question).
+    When a question's clips hold fewer combinations, all of them are labelled."""
+    fps: float = 4.0
+    """Decoding rate (same rule as training: min(4 fps, max_frames))."""
+    max_frames: int = 512
+    reference_batch_size: int = 16
+    """Subsets per reference-model forward (bounds memory; frame reuse spans the whole call)."""
+    seed: int = 0
+    """Mixed with each question id, so a question's combinations do not depend on the others."""
+
+    def __post_init__(self) -> None:
+        if self.combination_size < 1:
+            raise ConfigError(f"combination_size must be >= 1, got {self.combination_size}")
+        if self.clip_length < self.combination_size:
+            raise ConfigError(
+                f"clip_length ({self.clip_length}) must be >= combination_size ({self.combination_size})"
+            )
+        if self.max_combinations < 2:
+            raise ConfigError(f"max_combinations must be >= 2 (a ranking needs pairs), got {self.max_combinations}")
+        if self.fps <= 0 or self.max_frames < 1 or self.reference_batch_size < 1:
+            raise ConfigError("fps, max_frames and reference_batch_size must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VoyagerConfig:
+    """Training of the ranker (``refocus voyager train``).
+
+    The ranker is the ReFoCUS policy itself (same vision tower, projector, Mamba2 backbone and
+    K/Q/V heads, built the same way), so the comparison with GRPO differs only in the
+    supervision. A combination's score ``s`` is read from the policy (see ``scoring``) and the
+    RankNet loss ``-log sigmoid(s_i - s_j - margin)`` is applied to every pair of a question's
+    combinations whose reference losses satisfy ``loss_i + min_loss_gap < loss_j``.
+    """
+
+    # ---- scoring -------------------------------------------------------------------------
+    scoring: str = "set"
+    """How the policy scores a combination c (K frames):
+    'set' (default): the mean over f in c of the log-probability of f at the policy's FIRST
+    selection step (query from <start_of_frame> against all frame keys). This is Frame-Voyager's
+    own form (a query-frame score per frame, averaged over the combination), it is independent
+    of frame order, and its highest-scoring K-combination is exactly the top-K frames, so the
+    selector returns the argmax rather than an approximation.
+    'sequence': the sum over the K steps of the log-probability of selecting c's frames in
+    temporal order (``replay_logprobs``); selection is greedy decoding with the ReFoCUS sampler.
+    Greedy only approximates the best-scoring combination (it searches every order, the score
+    fixes one)."""
+    combinations_per_question: int = 8
+    """G: combinations drawn per question per step (without replacement when the question has
+    that many); all their ordered pairs with a loss gap enter the loss."""
+    min_loss_gap: float = 0.05
+    """Pairs whose reference losses differ by at most this (nats) are ties and are skipped:
+    the reference model's loss is noisy at this scale and a tie carries no ranking."""
+    margin: float = 0.0
+    """Score margin of the logistic loss, -log sigmoid(s_i - s_j - margin) (0: RankNet)."""
+    per_device_train_batch_size: int = 8
+    """B: questions per step."""
+
+    # ---- optimisation (as the GRPO trainer) ----------------------------------------------
+    learning_rate: float = 1e-3
+    """LR of pretrained parameters (backbone layers that were not re-initialised). The small
+    policy's backbone is trained from scratch, so both groups default to the higher rate, as
+    ``configs/tiny.yaml`` does for GRPO."""
+    learning_rate_reinit: float = 1e-3
+    """LR of re-initialised parameters (heads, projector, last backbone layers, <start_of_frame>)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "linear"
+    """'linear' decay after warm-up, or 'constant'."""
+    max_grad_norm: float = 1.0
+    max_steps: int = 200
+    bf16: bool = False
+    """bfloat16 autocast for the policy forward (scores stay float32); off on CPU, where it is slower."""
+    gradient_checkpointing: bool = False
+
+    # ---- policy architecture (as GRPOConfig) ---------------------------------------------
+    policy: dict[str, Any] = field(default_factory=lambda: {
+        "tokens_per_frame": 4,
+        "head_dim": 32,
+        "backbone_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_heads": 8,
+                            "head_dim": 16, "state_size": 16},
+    })
+    """Overrides of ``FramePolicyConfig`` fields for a new policy (default: the architecture
+    of ``configs/tiny.yaml``, so GRPO and Frame-Voyager compare on the same model)."""
+    init_policy: str | None = None
+    """Start from this policy checkpoint instead of building one."""
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    seed: int = 0
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 2
+    """Checkpoints kept (oldest removed); the final policy is always written to DIR/policy."""
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.combinations_per_question < 2:
+            raise ConfigError("combinations_per_question must be >= 2: the loss compares pairs")
+        if self.min_loss_gap < 0:
+            raise ConfigError(f"min_loss_gap must be >= 0, got {self.min_loss_gap}")
+        if self.per_device_train_batch_size < 1 or self.max_steps < 1:
+            raise ConfigError("per_device_train_batch_size and max_steps must be >= 1")
+        if self.lr_scheduler_type not in ("linear", "constant"):
+            raise ConfigError("lr_scheduler_type must be 'linear' or 'constant'")
+        if self.save_steps < 1 or self.logging_steps < 1:
+            raise ConfigError("save_steps and logging_steps must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_voyager_config(path: str | Path | None = None, **overrides: Any) -> VoyagerConfig:
+    """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(VoyagerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
+    return VoyagerConfig(**values)
