@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,9 @@ class VoyagerTrainer:
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a step without pairs skips the optimizer, not the schedule
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         metrics |= {
             "train/loss": float(loss.detach()),
             "train/pair_accuracy": stats["pair_accuracy"],
