@@ -295,6 +295,11 @@ def save_policy(policy, tokenizer, policy_dir: str | Path, cfg: VoyagerConfig, c
     return policy_dir
 
 
+def _finite_or_none(metrics: dict) -> dict:
+    """JSON has no NaN: a metric without a value (no pair in the step) becomes null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
 def train_voyager(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -338,7 +343,7 @@ def train_voyager(
         "method": "frame-voyager", "scoring": result.scoring, "steps": result.steps,
         "policy": str(result.policy_dir), "reference_calls": result.reference_calls,
         "collection": str(Path(data_dir).resolve()), "questions": len(items),
-        "skipped": result.skipped, "last_metrics": result.last_metrics,
+        "skipped": result.skipped, "last_metrics": _finite_or_none(result.last_metrics),
     }, indent=2) + "\n")
     return result
 
@@ -387,6 +392,6 @@ def run_voyager(
         "scoring": trained.scoring,
         "collect_seconds": round(t1 - t0, 2),
         "train_seconds": round(t2 - t1, 2),
-        "last_metrics": trained.last_metrics,
+        "last_metrics": _finite_or_none(trained.last_metrics),
         "skipped": collected.skipped + trained.skipped,
     }
