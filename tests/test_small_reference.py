@@ -39,7 +39,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_fast_prompt_and_pixels_equal_the_processor(qa):
     items = load_questions(qa)
-    tok = train_tokenizer([f"{it.question} {' '.join(it.options)}" for it in items])
+    tok = train_tokenizer([it.question for it in items], [it.options for it in items])
     model, processor = build_small_reference(tok, SmallReferenceConfig())
     video = load_video(items[0].video, size=64)
     cache = _PromptCache(processor, 16)
@@ -50,9 +50,9 @@ def test_fast_prompt_and_pixels_equal_the_processor(qa):
     ids, ends = cache.encode(items[0], 3)
     assert enc["input_ids"][0].tolist() == ids
     assert torch.equal(enc["pixel_values"], pixel_values_from_frames(video.frames[:3]))
-    # each option end is that option's (single) word token
+    # each option is one line token holding its letter and text
     for j, end in enumerate(ends):
-        assert tok.convert_ids_to_tokens(ids[end]) == items[0].options[j]
+        assert tok.convert_ids_to_tokens(ids[end]) == f"{'ABCD'[j]}. {items[0].options[j]}"
     assert tok.convert_tokens_to_ids("A") != tok.unk_token_id  # letters are single tokens
 
 

@@ -35,7 +35,8 @@ class DemoConfig:
     """Frames every selector may pick at evaluation (T')."""
     seeds: int = 3
     """Evaluation seeds for the stochastic selectors (random)."""
-    reference_steps: int = 800
+    reference: dict = field(default_factory=dict)
+    """Overrides of SmallReferenceTrainConfig (empty: its defaults)."""
     filter_frames_per_subset: int = 8
     """k frames per probe subset; the paper uses 32 with 512-frame videos, 8 matches the budget here."""
     tau: float = 0.21
@@ -48,9 +49,9 @@ class DemoConfig:
 
     @classmethod
     def quick_config(cls) -> DemoConfig:
-        return cls(train_videos=80, heldout_videos=40, frames=(48, 128), seeds=1,
-                   reference_steps=300, train_steps=30, niah_lengths=(64, 256, 1024),
-                   niah_positions=4)
+        return cls(train_videos=48, heldout_videos=24, frames=(48, 128), seeds=1,
+                   reference={"align_steps": 150, "vision_steps": 40, "steps": 40},
+                   train_steps=12, niah_lengths=(64, 256, 1024), niah_positions=3)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def get_small_reference(train_qa: Path, cfg: DemoConfig, progress: bool) -> tupl
     from refocus.data.questions import load_questions
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
-    train_cfg = SmallReferenceTrainConfig(steps=cfg.reference_steps, seed=cfg.seed)
+    train_cfg = SmallReferenceTrainConfig(seed=cfg.seed, **cfg.reference)
     key = _key(__version__, asdict(train_cfg), cfg.train_videos, cfg.frames, cfg.seed)
     ref_dir = cache_root() / "reference" / f"small-{key}"
     if (ref_dir / "reference_train.json").is_file():

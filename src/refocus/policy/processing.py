@@ -58,6 +58,8 @@ def preprocess_frames(
     Frames are resized with antialiased bilinear interpolation (no torchvision or PIL needed),
     then normalised per channel as ``(x / 255 - mean) / std``.
     """
+    if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+        frames = np.array(frames)  # decoded frames are read-only views of the frame cache
     x = torch.as_tensor(frames)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"frames must have shape (T, H, W, 3), got {tuple(x.shape)}")

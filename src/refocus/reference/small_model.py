@@ -11,12 +11,14 @@ subset holds the evidence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-# A ChatML-like template: the same structure the paper's reward prompt (Appendix B.6.1) uses.
+# A ChatML-like template, the structure of the paper's reward prompt (Appendix B.6.1), except
+# that system messages are dropped: this model is trained for one task only, and the fixed
+# system line would triple the text a from-scratch model must learn to look past.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for message in messages if message['role'] != 'system' %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
@@ -40,8 +42,8 @@ class SmallReferenceConfig:
 
     image_size: int = 64
     """Frame side in pixels the vision tower sees (frames are decoded at this size)."""
-    patch_size: int = 16
-    """ViT patch size: (64 / 16)^2 = 16 visual tokens per frame."""
+    patch_size: int = 32
+    """ViT patch size: (64 / 32)^2 = 4 visual tokens per frame (short prompts learn fast)."""
     vision_hidden: int = 96
     vision_layers: int = 2
     vision_heads: int = 4
@@ -55,17 +57,35 @@ class SmallReferenceConfig:
     letter token's embedding from the options list, which the model learns much sooner."""
 
 
-def train_tokenizer(texts: Iterable[str]):
-    """A word-level tokenizer over ``texts`` plus the prompt words; every letter is one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+# Pieces: a whole option line ("B. red circle"), a word, or one punctuation mark. Keeping an
+# option line as one token puts its letter and its text in one embedding, so answering takes a
+# single attention hop (match what was seen to an option, copy its letter) instead of the
+# two-hop "read the letter two tokens back" circuit a from-scratch model needs thousands of
+# steps to find. Letters on their own (the answer) remain single tokens.
+PIECES = r"[A-Z]\. [^\n]+|<[^<>\s]+>|\w+|[^\w\s]"
+
+
+def option_line(letter: str, text: str) -> str:
+    return f"{letter}. {text}"
+
+
+def train_tokenizer(texts: Iterable[str], options: Iterable[Sequence[str]] = ()):
+    """A word-level tokenizer over ``texts`` and the prompt words; every letter is one token.
+
+    ``options``: option lists of the questions; every (letter, option) line the reward prompt
+    can show becomes a token (options are shuffled in training, so any letter with any text).
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECES), behavior="removed", invert=True)
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    tok.train_from_iterator([BASE_VOCAB_TEXT, *texts], trainer=trainer)
+    options = [list(o) for o in options]
+    lines = sorted({option_line(LETTERS[j], text) for opts in options for text in opts
+                    for j in range(len(opts))})
+    words = [" ".join(t for opts in options for t in opts)]
+    tok.train_from_iterator([BASE_VOCAB_TEXT, *texts, *words, "\n".join(lines)], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

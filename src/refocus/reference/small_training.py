@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import QAItem
 from refocus.reference.prompt import build_prompt_messages, render_prompt
-from refocus.reference.small_model import LETTERS, SmallReferenceConfig
+from refocus.reference.small_model import LETTERS, SmallReferenceConfig, option_line
 
 
 @dataclass
@@ -33,7 +33,11 @@ class SmallReferenceTrainConfig:
     """Stage 3: optimiser steps on real frames (all parameters)."""
     batch_size: int = 32
     """Examples (question + frame subset) per step."""
-    lr: float = 1e-3
+    lr: float = 2e-3
+    """Peak learning rate of stages 1 and 2."""
+    joint_lr: float = 2e-4
+    """Peak learning rate of stage 3: the answering circuit exists by then, and a high rate
+    wipes it out before the model adapts to real frames."""
     weight_decay: float = 0.01
     warmup_steps: int = 60
     frames_per_example: tuple[int, ...] = (4, 8)
@@ -42,10 +46,10 @@ class SmallReferenceTrainConfig:
     """Share of examples whose subset covers every evidence span."""
     partial_fraction: float = 0.1
     """Share of examples covering only some spans (multi-evidence questions)."""
-    align_steps: int = 400
+    align_steps: int = 1200
     """Stage 1 (language model): steps on prompts whose frames are word embeddings standing in
     for images ("red star" for the needle frame, "clutter" for the others)."""
-    vision_steps: int = 150
+    vision_steps: int = 200
     """Stage 2 (vision tower + projector): steps regressing each frame's visual tokens onto the
     words that stage 1 read, so real frames then look to the language model like those words."""
     vision_batch_size: int = 96
@@ -138,18 +142,13 @@ class _PromptCache:
             text = render_prompt(self.processor, build_prompt_messages(item, k))
             text = text.replace("<image>", "<image>" * self.tokens_per_image)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            self._ids[key] = (ids, self._option_ends(ids, len(item.options)))
+            self._ids[key] = (ids, self._option_ends(ids, item.options))
         return self._ids[key]
 
-    def _option_ends(self, ids: list[int], n: int) -> list[int]:
-        letter = self.tokenizer.convert_tokens_to_ids(LETTERS[: n + 1])
-        dot, end = self.tokenizer.convert_tokens_to_ids([".", "<|im_end|>"])
-        starts = []
-        for j in range(n):  # the last "X ." pair in the prompt starts option j's text
-            hits = [i for i in range(len(ids) - 1) if ids[i] == letter[j] and ids[i + 1] == dot]
-            starts.append(hits[-1] + 2)
-        stops = [start - 2 for start in starts[1:]] + [ids.index(end, starts[-1])]
-        return [stop - 1 for stop in stops]
+    def _option_ends(self, ids: list[int], options: tuple[str, ...]) -> list[int]:
+        """Position of each option's line token ("B. red") in the prompt."""
+        lines = self.tokenizer.convert_tokens_to_ids([option_line(LETTERS[j], o) for j, o in enumerate(options)])
+        return [max(i for i, t in enumerate(ids) if t == line) for line in lines]
 
 
 def shuffle_options(item: QAItem, rng: np.random.Generator) -> QAItem:
@@ -318,8 +317,7 @@ def train_small_reference(
     train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
     val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
 
-    texts = [f"{it.question} " + " ".join(it.options) for it in usable]
-    tokenizer = train_tokenizer(texts)
+    tokenizer = train_tokenizer([it.question for it in usable], [it.options for it in usable])
     model, processor = build_small_reference(tokenizer, cfg.model)
     model.train()
     prompts = _PromptCache(processor, (cfg.model.image_size // cfg.model.patch_size) ** 2)
@@ -395,7 +393,8 @@ def train_small_reference(
             continue
         params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
                   if only == "vision" else list(model.parameters()))
-        _optimise(stage, step_fn, params, steps, cfg, history, progress)
+        lr = cfg.joint_lr if stage == "joint" else cfg.lr
+        _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
     model.eval()
     val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,7 +413,7 @@ def train_small_reference(
     return summary
 
 
-def _optimise(stage: str, step_fn, params, steps: int, cfg: SmallReferenceTrainConfig,
+def _optimise(stage: str, step_fn, params, steps: int, lr: float, cfg: SmallReferenceTrainConfig,
               history: list[dict], progress: bool) -> None:
     """AdamW with warm-up and cosine decay over one stage; appends smoothed loss/accuracy to history."""
     from tqdm.auto import tqdm
@@ -422,7 +421,7 @@ def _optimise(stage: str, step_fn, params, steps: int, cfg: SmallReferenceTrainC
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     warmup = min(cfg.warmup_steps, max(1, steps // 5))
 
     def lr_at(step: int) -> float:

@@ -1,8 +1,10 @@
 """The default decoder: PyAV, forward decode, resize inside FFmpeg's scaler.
 
-Decoding forward once (``thread_type = "AUTO"``) and converting only the selected frames with
-``frame.to_ndarray(width=, height=, format="rgb24")`` is as fast as decord on CPU, and it is
-what transformers and lmms-eval use. Seeking per target would re-decode from the previous
+Decoding forward once (``thread_type = "AUTO"``) and converting only the selected frames to
+RGB at the target size is as fast as decord on CPU, and it is what transformers and lmms-eval
+use. The conversion goes through one ``VideoReformatter`` per video: ``frame.to_ndarray(width=,
+height=)`` builds a new scaler context for every frame, which was 10x slower than the decode
+itself at small sizes (4.7 vs 0.5 ms per 96 px frame). Seeking per target would re-decode from the previous
 keyframe for every sample, which costs more than one forward pass at 4 fps.
 """
 
@@ -12,6 +14,7 @@ import logging
 import os
 
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from refocus.errors import VideoError
 from refocus.video.probe import av_errors, describe, open_video, stream_info
@@ -37,9 +40,10 @@ def decode_pyav(path: str | os.PathLike, fps: float, max_frames: int, size: int)
         times: list[float] = []
         prev = None
         prev_t = -np.inf
+        scaler = VideoReformatter()
 
         def keep(frame, t: float) -> None:
-            frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+            frames.append(scaler.reformat(frame, width=size, height=size, format="rgb24").to_ndarray())
             times.append(t)
 
         try:
