@@ -40,6 +40,8 @@ class DemoConfig:
     filter_frames_per_subset: int = 8
     """k frames per probe subset; the paper uses 32 with 512-frame videos, 8 matches the budget here."""
     tau: float = 0.21
+    min_train_items: int = 16
+    """If fewer questions pass tau, train on this many of the highest-variance ones (and say so)."""
     train_steps: int | None = None
     """None: max_steps of configs/tiny.yaml."""
     niah_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -153,14 +155,19 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
     filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
     filter_info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
-    if filter_info["kept"] == 0:
-        from refocus.errors import RefocusError
+    train_qa = out / "filter" / "train.filtered.jsonl"
+    if filter_info["kept"] < cfg.min_train_items:
+        # A weak reference (e.g. --quick) gives flat margins: train on the most variable items.
+        from refocus.data.questions import write_questions
 
-        raise RefocusError("the filter kept no training question; the reference model may be broken")
+        ranked = sorted(filtered.scored, key=lambda pair: -pair[1]["variance"])[: cfg.min_train_items]
+        train_qa = out / "filter" / "train.top_variance.jsonl"
+        write_questions(train_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
+        filter_info["fallback"] = f"only {filter_info['kept']} items passed tau; trained on the {len(ranked)} most variable"
     lap("filter")
 
     train_cfg = load_config(packaged_config("tiny"), max_steps=cfg.train_steps, seed=cfg.seed)
-    run = train_policy(out / "filter" / "train.filtered.jsonl", ref_dir, out / "train",
+    run = train_policy(train_qa, ref_dir, out / "train",
                        config=train_cfg, progress=progress)
     if (out / "policy").exists() or (out / "policy").is_symlink():
         _remove(out / "policy")
@@ -204,7 +211,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         "heldout_items": len(heldout),
         "reference": {"path": str(ref_dir), "trained_now": trained_now,
                       **_reference_summary(ref_dir)},
-        "filter": {k: filter_info[k] for k in ("kept", "total", "tau", "variance_quantiles")},
+        "filter": {k: filter_info[k] for k in ("kept", "total", "tau", "variance_quantiles", "fallback")
+                   if k in filter_info},
         "train": {"steps": run.steps, "reference_calls": run.reference_calls,
                   "last_metrics": run.last_metrics},
         "niah": {name: {"accuracy": s["accuracy"], "evidence_recall": s["evidence_recall"]}
@@ -333,7 +341,7 @@ def write_report(out: Path, results: dict, figures: dict[str, str | None]) -> Pa
         + ", ".join(f"{k.removeprefix('val_acc_')} = {v:.3f}" for k, v in ref.items() if k.startswith("val_acc_"))
         + (" (trained in this run)" if ref["trained_now"] else " (cached)") + ".",
         f"- Reward-variance filtering kept {filt['kept']} of {filt['total']} training questions "
-        f"(tau = {filt['tau']}).",
+        f"(tau = {filt['tau']})" + (f"; {filt['fallback']}." if filt.get("fallback") else "."),
         f"- GRPO: {train['steps']} steps, {train['reference_calls']} reference-model calls (subsets scored).",
         "",
     ]

@@ -288,11 +288,11 @@ def plot_niah(result: dict, path: str | Path) -> Path:
                     ax.set_ylabel("needle position (relative)")
                 if boundary is not None:
                     ax.axvline(boundary, color="black", linestyle="--", linewidth=1.4)
-                    ax.set_xlabel("total frames  (right of - - -: longer than in training)")
         fig.colorbar(image, ax=axes, shrink=0.85, label="share of questions (0–1)")
         fig.suptitle(
             f"Visual needle in a haystack: {result['budget']} frames selected per video "
-            f"({result['per_cell']} video{'s' if result['per_cell'] != 1 else ''} per cell)",
+            f"({result['per_cell']} video{'s' if result['per_cell'] != 1 else ''} per cell)"
+            + ("\nright of the dashed line: videos longer than any seen in training" if boundary is not None else ""),
             fontsize=11,
         )
         return save(fig, path)
