@@ -40,9 +40,10 @@ def _cache(tmp_path_factory, monkeypatch):
 def test_fast_prompt_and_pixels_equal_the_processor(qa):
     items = load_questions(qa)
     tok = train_tokenizer([it.question for it in items], [it.options for it in items])
-    model, processor = build_small_reference(tok, SmallReferenceConfig())
-    video = load_video(items[0].video, size=64)
-    cache = _PromptCache(processor, 16)
+    cfg = SmallReferenceConfig()
+    model, processor = build_small_reference(tok, cfg)
+    video = load_video(items[0].video, size=cfg.image_size)
+    cache = _PromptCache(processor, (cfg.image_size // cfg.patch_size) ** 2)
     from refocus.reference.prompt import build_prompt_messages, render_prompt
 
     text = render_prompt(processor, build_prompt_messages(items[0], 3))

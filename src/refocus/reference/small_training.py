@@ -85,6 +85,23 @@ def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
     return (x / 255.0 - 0.5) / 0.5
 
 
+def augment(rng: np.random.Generator, frames: np.ndarray, max_shift: float = 0.15) -> np.ndarray:
+    """Random horizontal flips and circular shifts of (N, S, S, 3) frames.
+
+    A few hundred videos hold only ~1,000 needle frames; without this the vision tower learns
+    those frames rather than colours and shapes, and held-out videos fall back to chance.
+    Colours are left alone (they are the labels).
+    """
+    out = np.empty_like(frames)
+    size = frames.shape[1]
+    shifts = rng.integers(-int(max_shift * size), int(max_shift * size) + 1, size=(len(frames), 2))
+    flips = rng.random(len(frames)) < 0.5
+    for i, frame in enumerate(frames):
+        f = frame[:, ::-1] if flips[i] else frame
+        out[i] = np.roll(f, tuple(shifts[i]), axis=(0, 1))
+    return out
+
+
 def is_held_out(item_id: str, fraction: float) -> bool:
     """Deterministic split by a stable hash of the id (independent of file order)."""
     import hashlib
@@ -368,7 +385,7 @@ def train_small_reference(
             v = videos[str(described[i].video)]
             pool = np.flatnonzero(~v.evidence_mask)
             hay.append((described[i], int(rng.choice(pool)) if len(pool) else 0))
-        frames = np.stack([videos[str(it.video)].frames[i] for it, i in picks + hay])
+        frames = augment(rng, np.stack([videos[str(it.video)].frames[i] for it, i in picks + hay]))
         with torch.no_grad():
             target = torch.stack([_pseudo_frame_embeddings(model, word_ids, it, j < half, tokens)
                                   for j, (it, _) in enumerate(picks + hay)])
