@@ -324,7 +324,7 @@ def test_save_load_gives_identical_scores_and_selections(tmp_path, bench, collec
     from refocus.selectors import get_selector
     from refocus.training.data import FrameStore
 
-    result = train_voyager(collection, tmp_path, tiny_config(max_steps=3), progress=False)
+    result = train_voyager(collection, tmp_path, tiny_config(max_steps=3, scoring="set"), progress=False)
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["reference_calls"] == 24 and summary["steps"] == 3 and summary["scoring"] == "set"
     assert json.loads((result.policy_dir / "voyager.json").read_text())["scoring"] == "set"
@@ -424,7 +424,7 @@ def test_cli_collect_train_eval(tmp_path, bench, reference_dir):
     assert main(["eval", "--data", str(bench), "--answerer", str(reference_dir), "--selector", f"voyager:{run}",
                  "--budget", "3", "--out", str(tmp_path / "eval")]) == 0
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert res["n_items"] == 4 and res["mode"] == "top-k"
+    assert res["n_items"] == 4 and res["mode"] == "greedy"  # sequence scoring by default
     bad = tmp_path / "bad.yaml"
     bad.write_text("nope: 1\n")
     assert main(["voyager", "train", "--data", str(col), "--out", str(run), "--config", str(bad)]) == 1

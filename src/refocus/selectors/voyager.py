@@ -5,10 +5,10 @@ directory itself: a FramePolicy checkpoint with its tokenizer and ``voyager.json
 how the ranker scores a combination (``refocus.voyager.model``). The selector returns the
 highest-scoring combination of ``budget`` frames:
 
+- ``sequence`` scoring (default): greedy decoding with the ReFoCUS sampler (mode ``greedy``),
+  which approximates the best combination under the sequence score;
 - ``set`` scoring: the top-``budget`` frames of the policy's first-step distribution, which is
-  exactly the best combination under the set score (mode ``top-k``);
-- ``sequence`` scoring: greedy decoding with the ReFoCUS sampler (mode ``greedy``), which
-  approximates the best combination under the sequence score.
+  exactly the best combination under the set score (mode ``top-k``).
 
 Both are deterministic. Frames are decoded at the policy's image size and encoded once per
 video (cached), as in the ``policy`` selector.
@@ -47,7 +47,7 @@ class VoyagerSelector(PolicySelector):
     ``VoyagerSelector(policy, tokenizer, scoring=...)`` around objects in memory.
     """
 
-    def __init__(self, policy: Any, tokenizer: Any, *, scoring: str = "set", name: str = "voyager",
+    def __init__(self, policy: Any, tokenizer: Any, *, scoring: str = "sequence", name: str = "voyager",
                  seed: int = 0, feature_cache: int = 8) -> None:
         if scoring not in SCORINGS:
             raise RefocusError(f"voyager scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
@@ -70,7 +70,7 @@ class VoyagerSelector(PolicySelector):
         policy = FramePolicy.from_pretrained(policy_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(policy_dir)
         kwargs.setdefault("name", f"voyager:{path}")
-        kwargs.setdefault("scoring", info.get("scoring", "set"))
+        kwargs.setdefault("scoring", info.get("scoring", "sequence"))
         return cls(policy, tokenizer, **kwargs)
 
     @classmethod

@@ -3,12 +3,12 @@
 The ranker is a :class:`refocus.policy.FramePolicy`; no head is added. Two scorings
 (``VoyagerConfig.scoring``), each paired with the selection that maximises it:
 
+- ``sequence`` (default): ``s(c) = sum_i log pi(c_(i) | c_(1..i-1))`` with c's frames fed in
+  temporal order (the replay of the ReFoCUS sampler); selection is greedy decoding, which
+  approximates the best combination.
 - ``set``: ``s(c) = mean_{f in c} log pi_1(f)``, with ``pi_1`` the policy's distribution at
   its first selection step (the ``<start_of_frame>`` query against every frame key). The
   best K-combination is exactly the top-K frames of ``pi_1``.
-- ``sequence``: ``s(c) = sum_i log pi(c_(i) | c_(1..i-1))`` with c's frames fed in temporal
-  order (the replay of the ReFoCUS sampler); selection is greedy decoding, which
-  approximates the best combination.
 
 Shape letters: B questions, G combinations, K frames per combination, T frames.
 """
@@ -52,7 +52,7 @@ def combination_scores(
     features: torch.Tensor | Sequence[torch.Tensor],
     question_ids,
     combinations: torch.Tensor,
-    scoring: str = "set",
+    scoring: str = "sequence",
 ) -> torch.Tensor:
     """Scores (B, G) float32 of combinations (B, G, K) of frame indices, with gradients.
 
@@ -76,7 +76,7 @@ def combination_scores(
 
 @torch.no_grad()
 def best_combination(policy, features: torch.Tensor, question_ids: torch.Tensor, k: int,
-                     scoring: str = "set") -> list[int]:
+                     scoring: str = "sequence") -> list[int]:
     """Sorted indices of the highest-scoring ``k``-frame combination of one video.
 
     features (T, P, Dv), question_ids (L,). ``set``: the top-k frames of the first step

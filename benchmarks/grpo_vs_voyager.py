@@ -1,0 +1,162 @@
+"""GRPO (ReFoCUS) vs ranking supervision (Frame-Voyager) at equal reference-model calls.
+
+Same synthetic V-NIAH splits, same small reference model (reward / ranking labels and
+answerer), same policy architecture (``configs/tiny.yaml``). Steps:
+
+1. a training and a held-out niah split (different seeds);
+2. the small reference model, trained once on the training split (or ``--reference``);
+3. ReFoCUS: reward-variance filtering (16 subsets per question) + GRPO with ``tiny.yaml``;
+   its reference calls = filter calls + training calls;
+4. Frame-Voyager: ``run_voyager`` on the UNFILTERED training split with
+   ``max_reference_calls`` = ReFoCUS's total (``--voyager-budget grpo`` counts GRPO's
+   training calls only), for each scoring in ``--scorings``;
+5. uniform, each Frame-Voyager ranker, the ReFoCUS policy (greedy) and the oracle evaluated by
+   the reference model on the held-out split at ``--budget`` frames.
+
+Prints a table, then a JSON dict as the last line of stdout. Everything is written under
+``--out`` (default: a temporary directory); the reference model is cached there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--train-videos", type=int, default=160)
+    p.add_argument("--heldout-videos", type=int, default=80)
+    p.add_argument("--frames", default="48,160", help="MIN,MAX video length (frames at 4 fps)")
+    p.add_argument("--reference", type=Path, default=None, help="a trained small reference (default: train one)")
+    p.add_argument("--reference-steps", type=int, default=300)
+    p.add_argument("--tau", type=float, default=0.21, help="reward-variance filter threshold")
+    p.add_argument("--grpo-steps", type=int, default=80)
+    p.add_argument("--voyager-steps", type=int, default=200)
+    p.add_argument("--voyager-budget", choices=["total", "grpo"], default="total",
+                   help="Frame-Voyager's call budget: ReFoCUS's filter + GRPO calls (total) or GRPO's only")
+    p.add_argument("--scorings", default="set,sequence")
+    p.add_argument("--combination-size", type=int, default=4)
+    p.add_argument("--clip-length", type=int, default=32)
+    p.add_argument("--max-combinations", type=int, default=64)
+    p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="data splits and the reference model")
+    p.add_argument("--run-seed", type=int, default=0, help="GRPO, combination sampling and ranker training")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from refocus.data.questions import load_questions
+    from refocus.data.synth import make_benchmark
+    from refocus.evaluation import evaluate
+    from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
+    from refocus.reference import load_reference
+    from refocus.selectors import get_selector
+    from refocus.selectors.policy import PolicySelector
+    from refocus.selectors.voyager import VoyagerSelector
+    from refocus.training.config import load_config, packaged_config
+    from refocus.training.data import FrameStore
+    from refocus.training.train import train_policy
+    from refocus.voyager.config import CollectConfig, VoyagerConfig
+    from refocus.voyager.train import run_voyager
+
+    torch.set_num_threads(1)
+    out = args.out or Path(tempfile.mkdtemp(prefix="grpo_vs_voyager-"))
+    out.mkdir(parents=True, exist_ok=True)
+    lo, hi = (int(x) for x in args.frames.split(","))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+
+    def split(name: str, videos: int, seed: int) -> Path:
+        qa = out / name / "qa.jsonl"
+        if not qa.is_file():
+            make_benchmark("niah", out / name, videos=videos, frames=(lo, hi), seed=seed)
+        return qa
+
+    train_qa = split("train", args.train_videos, args.seed)
+    heldout_qa = split("heldout", args.heldout_videos, args.seed + 1)
+    lap("synth")
+
+    ref_dir = args.reference
+    if ref_dir is None:
+        from refocus.reference.small_training import (
+            SmallReferenceTrainConfig,
+            train_small_reference,
+        )
+
+        ref_dir = out / "reference"
+        if not (ref_dir / "reference_train.json").is_file():
+            train_small_reference(load_questions(train_qa), ref_dir,
+                                  SmallReferenceTrainConfig(steps=args.reference_steps, seed=args.seed))
+    reference = load_reference(ref_dir, batch_size=16)
+    lap("reference")
+
+    filter_cfg = FilterConfig(tau=args.tau, frames_per_subset=args.budget)
+    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=False)
+    info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
+    filter_calls = 16 * len(filtered.scored)
+    grpo_cfg = load_config(packaged_config("tiny"), max_steps=args.grpo_steps, seed=args.run_seed)
+    grpo = train_policy(out / "filter" / "train.filtered.jsonl", ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
+    lap("grpo")
+
+    calls = {"refocus": {"filter": filter_calls, "train": grpo.reference_calls,
+                         "total": filter_calls + grpo.reference_calls}}
+    budget = calls["refocus"]["total" if args.voyager_budget == "total" else "train"]
+    collect = CollectConfig(combination_size=args.combination_size, clip_length=args.clip_length,
+                            max_combinations=args.max_combinations, seed=args.run_seed)
+    voyagers = {}
+    for scoring in args.scorings.split(","):
+        cfg = VoyagerConfig(scoring=scoring, max_steps=args.voyager_steps, seed=args.run_seed)
+        run = run_voyager(train_qa, ref_dir, out / f"voyager-{scoring}-{args.run_seed}", collect=collect, config=cfg,
+                          max_reference_calls=budget, reference=reference)
+        voyagers[scoring] = run
+        calls[f"voyager-{scoring}"] = {"total": run["reference_calls"], "questions": run["questions"]}
+        lap(f"voyager-{scoring}")
+
+    heldout = load_questions(heldout_qa)
+    store = FrameStore(4.0, 512)
+    selectors = {"uniform": get_selector("uniform")}
+    for scoring, run in voyagers.items():
+        selectors[f"voyager-{scoring}"] = VoyagerSelector.from_dir(run["policy_dir"], name=f"voyager-{scoring}")
+    selectors["refocus"] = PolicySelector.from_dir(grpo.policy_dir, name="refocus")
+    selectors["oracle"] = get_selector("oracle")
+    table = {}
+    for name, selector in selectors.items():
+        r = evaluate(heldout, reference, selector, [args.budget], 1, store=store, progress=False)["budgets"][args.budget]
+        table[name] = {"accuracy": r["accuracy"], "evidence_recall": r["evidence_recall"],
+                       "reference_calls": calls.get(name, {}).get("total", 0)}
+    lap("eval")
+
+    print(f"held-out niah: {len(heldout)} questions, budget {args.budget} frames; "
+          f"ReFoCUS filter kept {info['kept']}/{info['total']}")
+    print(f"{'selector':<18} {'accuracy':>8} {'recall':>8} {'ref. calls':>10}")
+    for name, r in table.items():
+        print(f"{name:<18} {r['accuracy']:>8.3f} {r['evidence_recall']:>8.3f} {r['reference_calls']:>10}")
+    result = {
+        "budget": args.budget, "heldout_items": len(heldout), "selectors": table, "reference_calls": calls,
+        "voyager_budget": args.voyager_budget,
+        "voyager_train": {s: {"steps": r["steps"], "questions": r["questions"],
+                              "pair_accuracy": r["last_metrics"].get("train/pair_accuracy")}
+                          for s, r in voyagers.items()},
+        "grpo": {"steps": grpo.steps, "kept": info["kept"], "total": info["total"]},
+        "timings_s": timings, "args": {k: str(v) for k, v in vars(args).items()}, "out": str(out),
+    }
+    (out / f"results-{args.run_seed}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    sys.stdout.flush()
+    return result
+
+
+if __name__ == "__main__":
+    main()
