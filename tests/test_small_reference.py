@@ -11,7 +11,11 @@ import torch
 from refocus.data.questions import load_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference import load_reference
-from refocus.reference.small_model import SmallReferenceConfig, build_small_reference, train_tokenizer
+from refocus.reference.small_model import (
+    SmallReferenceConfig,
+    build_small_reference,
+    train_tokenizer,
+)
 from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,

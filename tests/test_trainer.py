@@ -16,10 +16,14 @@ from safetensors.torch import load_file
 from refocus.data.questions import load_questions, write_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference import load_reference
-from refocus.reference.small_model import SmallReferenceConfig, build_small_reference, train_tokenizer
+from refocus.reference.small_model import (
+    SmallReferenceConfig,
+    build_small_reference,
+    train_tokenizer,
+)
 from refocus.training.config import GRPOConfig, load_config
-from refocus.training.trainer import GRPOTrainer, TrainingDiverged
 from refocus.training.train import train_policy
+from refocus.training.trainer import GRPOTrainer, TrainingDiverged
 
 TINY_POLICY = {
     "tokens_per_frame": 1,

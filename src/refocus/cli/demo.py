@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smaller smoke run (about a third of the time)")
+    p.add_argument("--voyager", action="store_true",
+                   help="also train the Frame-Voyager baseline with as many reference calls as ReFoCUS used")
     p.set_defaults(func=run)
 
 
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick)
+    result = run_demo(args.out, quick=args.quick, voyager=args.voyager)
     sel = result.results["selectors"]
     parts = ", ".join(
         f"{name} {r['accuracy']:.2f}/{r['evidence_recall']:.2f}" for name, r in sel.items()
