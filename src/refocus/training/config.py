@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from refocus.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -127,6 +129,12 @@ class GRPOConfig:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> GRPOConfig:
     """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
+    return load_dataclass_config(GRPOConfig, path, **overrides)
+
+
+def load_dataclass_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+    """Build the config dataclass ``cls`` from its defaults, a YAML file of overrides, then
+    keyword overrides (None values ignored); unknown fields are an error naming the file."""
     import yaml
 
     values: dict[str, Any] = {}
@@ -142,12 +150,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GRPOConfig:
             raise ConfigError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(GRPOConfig)}
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
-    return GRPOConfig(**values)
+    return cls(**values)
 
 
 def packaged_config(name: str) -> Path:

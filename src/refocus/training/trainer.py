@@ -78,6 +78,33 @@ def build_policy(cfg: GRPOConfig, reference):
     return policy, tokenizer
 
 
+def make_optimizer(policy, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the policy's two parameter groups (pretrained / re-initialised learning
+    rates, Appendix B.1) and a linear warm-up then linear (or constant) schedule.
+
+    ``cfg`` is any config with the GRPOConfig optimiser fields (the Frame-Voyager one has them too).
+    """
+    groups = policy.parameter_groups()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(groups["pretrained"].values()), "lr": cfg.learning_rate},
+            {"params": list(groups["reinitialised"].values()), "lr": cfg.learning_rate_reinit},
+        ],
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+    )
+    warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_scheduler_type == "constant":
+            return 1.0
+        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def _vision_tower(model):
     """The vision tower of an HF vision-language model (LLaVA-style ``model.vision_tower``)."""
     for owner in (model, getattr(model, "model", None)):
@@ -113,25 +140,7 @@ class GRPOTrainer:
         self.policy, self.tokenizer = build_policy(cfg, reference)
         if cfg.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        groups = self.policy.parameter_groups()
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": list(groups["pretrained"].values()), "lr": cfg.learning_rate},
-                {"params": list(groups["reinitialised"].values()), "lr": cfg.learning_rate_reinit},
-            ],
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.weight_decay,
-        )
-        warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if cfg.lr_scheduler_type == "constant":
-                return 1.0
-            return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.sampler_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.frames = FrameStore(cfg.fps, cfg.max_frames)

@@ -8,7 +8,7 @@ YAML files only override fields of :class:`VoyagerConfig`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +150,6 @@ class VoyagerConfig:
 
 def load_voyager_config(path: str | Path | None = None, **overrides: Any) -> VoyagerConfig:
     """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
-    import yaml
+    from refocus.training.config import load_dataclass_config
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config fields")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(VoyagerConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
-    return VoyagerConfig(**values)
+    return load_dataclass_config(VoyagerConfig, path, **overrides)

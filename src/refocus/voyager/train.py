@@ -75,7 +75,7 @@ class VoyagerTrainer:
         progress: bool = True,
     ) -> None:
         from refocus.seeding import seed_everything
-        from refocus.training.trainer import build_policy
+        from refocus.training.trainer import build_policy, make_optimizer
 
         if not items or len(items) != len(rankings):
             raise RefocusError("voyager training needs at least one ranked question")
@@ -95,25 +95,7 @@ class VoyagerTrainer:
         self.policy.to(self.device)
         if cfg.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        groups = self.policy.parameter_groups()
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": list(groups["pretrained"].values()), "lr": cfg.learning_rate},
-                {"params": list(groups["reinitialised"].values()), "lr": cfg.learning_rate_reinit},
-            ],
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.weight_decay,
-        )
-        warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if cfg.lr_scheduler_type == "constant":
-                return 1.0
-            return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         collect_cfg = CollectConfig(**collect_summary.get("config", {}))
         self.features = FeatureStore(self.policy, FrameStore(collect_cfg.fps, collect_cfg.max_frames))
         self.generator = torch.Generator().manual_seed(cfg.seed)
