@@ -214,10 +214,17 @@ def _batch_logits(model, prompt_cache, letter_ids, batch, dtype=torch.float32):
     return model.lm_head(hidden[:, -1]).float()[:, letter_ids]
 
 
-def _single_token_answers(items: list[QAItem], tokenizer) -> dict[str, int]:
-    """Option texts that are one token (colours, shapes, counts): the auxiliary answer vocabulary."""
-    vocab = sorted({o for it in items for o in it.options if len(tokenizer.tokenize(o)) == 1})
-    return {o: i for i, o in enumerate(vocab)} | {"__ids__": tokenizer.convert_tokens_to_ids(vocab)}
+@dataclass
+class _AnswerVocab:
+    """Option texts that are one token (colours, shapes, counts): the auxiliary answer targets."""
+
+    index: dict[str, int]
+    token_ids: list[int]
+
+    @classmethod
+    def from_items(cls, items: list[QAItem], tokenizer) -> _AnswerVocab:
+        vocab = sorted({o for it in items for o in it.options if len(tokenizer.tokenize(o)) == 1})
+        return cls({o: i for i, o in enumerate(vocab)}, tokenizer.convert_tokens_to_ids(vocab))
 
 
 def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_vocab) -> torch.Tensor:
@@ -227,11 +234,11 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     letters = torch.tensor([j for pos in option_pos for j in range(len(pos))])
     read = F.cross_entropy(model.lm_head(hidden[rows, cols]).float()[:, letter_ids], letters)
     seen = [i for i, (it, kind) in enumerate(zip(items, kinds, strict=True))
-            if kind == "positive" and it.options[it.answer_index] in answer_vocab]
+            if kind == "positive" and it.options[it.answer_index] in answer_vocab.index]
     if not seen:
         return read
-    vocab_ids = torch.tensor(answer_vocab["__ids__"])
-    target = torch.tensor([answer_vocab[items[i].options[items[i].answer_index]] for i in seen])
+    vocab_ids = torch.tensor(answer_vocab.token_ids)
+    target = torch.tensor([answer_vocab.index[items[i].options[items[i].answer_index]] for i in seen])
     name = F.cross_entropy(model.lm_head(hidden[seen, -1]).float()[:, vocab_ids], target)
     return read + name
 
@@ -339,7 +346,7 @@ def train_small_reference(
     model.train()
     prompts = _PromptCache(processor, (cfg.model.image_size // cfg.model.patch_size) ** 2)
     letter_ids = _letter_ids(tokenizer)
-    answer_vocab = _single_token_answers(train_items, tokenizer)
+    answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
 
     kinds = ["positive", "partial", "negative"]
     p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
