@@ -32,7 +32,7 @@ def main() -> None:
     from refocus.data.questions import load_questions
     from refocus.data.synth import make_benchmark
     from refocus.reference import load_reference
-    from refocus.reference.small_model import build_small_reference, train_tokenizer
+    from refocus.reference.small_model import save_untrained_small_reference
     from refocus.training.config import load_config, packaged_config
     from refocus.training.trainer import GRPOTrainer
 
@@ -41,10 +41,7 @@ def main() -> None:
         os.environ.setdefault("REFOCUS_CACHE_DIR", str(tmp / "cache"))
         qa = make_benchmark("niah", tmp / "niah", videos=args.videos, frames=(64, 256), seed=0)
         items = load_questions(qa)
-        tok = train_tokenizer([it.question for it in items], [it.options for it in items])
-        model, processor = build_small_reference(tok)
-        model.save_pretrained(tmp / "ref")
-        processor.save_pretrained(tmp / "ref")
+        save_untrained_small_reference(tmp / "ref", items)
         cfg = load_config(packaged_config("tiny"), max_steps=args.steps + 1)
         trainer = GRPOTrainer(cfg, items, load_reference(tmp / "ref"), tmp / "run", progress=False)
         rows = []

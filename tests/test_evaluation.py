@@ -53,21 +53,11 @@ def items(bench):
 @pytest.fixture(scope="module")
 def ref_dir(tmp_path_factory, items):
     """An untrained tiny small-reference LLaVA at 32 px: a valid REF directory."""
-    from refocus.reference.small_model import (
-        SmallReferenceConfig,
-        build_small_reference,
-        train_tokenizer,
-    )
+    from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 
-    tokenizer = train_tokenizer([f"{it.question} " + " ".join(it.options) for it in items])
-    torch.manual_seed(0)
     cfg = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
                                text_hidden=32, text_layers=1, text_heads=2, max_position_embeddings=1024)
-    model, processor = build_small_reference(tokenizer, cfg)
-    path = tmp_path_factory.mktemp("ref")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_untrained_small_reference(tmp_path_factory.mktemp("ref"), items, cfg)
 
 
 @pytest.fixture(scope="module")

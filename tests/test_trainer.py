@@ -16,11 +16,7 @@ from safetensors.torch import load_file
 from refocus.data.questions import load_questions, write_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference import load_reference
-from refocus.reference.small_model import (
-    SmallReferenceConfig,
-    build_small_reference,
-    train_tokenizer,
-)
+from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 from refocus.training.config import GRPOConfig, load_config
 from refocus.training.train import train_policy
 from refocus.training.trainer import GRPOTrainer, TrainingDiverged
@@ -47,16 +43,9 @@ def bench(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory, bench) -> Path:
     """An untrained small reference model: real architecture, random weights."""
-    torch.manual_seed(0)
-    items = load_questions(bench)
-    tok = train_tokenizer([f"{it.question} {' '.join(it.options)}" for it in items])
     cfg = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1,
                                text_hidden=32, text_layers=1, text_heads=2)
-    model, processor = build_small_reference(tok, cfg)
-    out = tmp_path_factory.mktemp("ref")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_untrained_small_reference(tmp_path_factory.mktemp("ref"), load_questions(bench), cfg)
 
 
 def tiny_config(**kw) -> GRPOConfig:

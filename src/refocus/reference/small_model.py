@@ -160,3 +160,17 @@ def build_small_reference(tokenizer, config: SmallReferenceConfig | None = None)
         chat_template=CHAT_TEMPLATE,
     )
     return model, processor
+
+
+def save_untrained_small_reference(out_dir, items, config: SmallReferenceConfig | None = None,
+                                   seed: int = 0):
+    """Save an untrained small reference model for ``items`` (tokenizer trained on their text,
+    random weights, real architecture): a valid ``REF`` directory for tests and benchmarks."""
+    import torch
+
+    tokenizer = train_tokenizer([it.question for it in items], [it.options for it in items])
+    torch.manual_seed(seed)
+    model, processor = build_small_reference(tokenizer, config)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
