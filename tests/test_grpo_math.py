@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from refocus.reference import margin_rewards
 from refocus.training.grpo_math import (
     entropy_bonus,
     group_advantages,
     grpo_loss,
     kl_k3,
-    margin_from_logits,
     mean_temporal_entropy,
     policy_loss,
     sequence_log_ratio,
@@ -28,17 +28,17 @@ def _t(x) -> torch.Tensor:
 # --- rewards and selection statistics -------------------------------------------------------
 
 
-def test_margin_from_logits_matches_eq4_and_hand_values():
+def test_margin_rewards_match_eq4_and_hand_values():
     logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [5.0, 5.0, -1.0]])
-    m = margin_from_logits(logits, 0)
+    m = margin_rewards(logits, 0, dtype=np.float64)
     np.testing.assert_allclose(m, [math.tanh(0.5), math.tanh(-1.5), 0.0])
     e = np.exp(logits)
     best_wrong = e[:, 1:].max(axis=1)
     np.testing.assert_allclose(m, (e[:, 0] - best_wrong) / (e[:, 0] + best_wrong))  # Eq. 4
     with pytest.raises(ValueError):
-        margin_from_logits(logits, 3)
+        margin_rewards(logits, 3)
     with pytest.raises(ValueError):
-        margin_from_logits(logits[:, :1], 0)
+        margin_rewards(logits[:, :1], 0)
 
 
 def test_mean_temporal_entropy_over_candidates():

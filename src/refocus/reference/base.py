@@ -58,12 +58,12 @@ class ReferenceModel(Protocol):
         ...
 
 
-def margin_rewards(logits: np.ndarray, answer_index: int) -> np.ndarray:
+def margin_rewards(logits: np.ndarray, answer_index: int, dtype: type = np.float32) -> np.ndarray:
     """Margin reward of each row: ``tanh((z_correct - max_{wrong} z) / 2)``, in [-1, 1].
 
     Equal to Eq. 4, (p* - p~) / (p* + p~) on softmax probabilities with p~ the most likely
     wrong option, without computing probabilities (Eq. 5). logits: (G, O) with O >= 2.
-    Returns (G,) float32.
+    Returns (G,) of ``dtype`` (computed in float64).
     """
     z = np.asarray(logits, dtype=np.float64)  # (G, O)
     if z.ndim != 2 or z.shape[1] < 2:
@@ -72,7 +72,7 @@ def margin_rewards(logits: np.ndarray, answer_index: int) -> np.ndarray:
         raise ValueError(f"answer_index {answer_index} out of range for {z.shape[1]} options")
     correct = z[:, answer_index]  # (G,)
     best_wrong = np.delete(z, answer_index, axis=1).max(axis=1)  # (G,)
-    return np.tanh((correct - best_wrong) / 2.0).astype(np.float32)
+    return np.tanh((correct - best_wrong) / 2.0).astype(dtype)
 
 
 def resolve_letter_tokens(tokenizer: Any, prompt: str, letters: Sequence[str]) -> list[tuple[int, ...]]:

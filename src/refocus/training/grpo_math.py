@@ -29,23 +29,6 @@ ScaleRewards = Literal["group", "batch", "none"]
 ImportanceLevel = Literal["sequence", "token"]
 
 
-def margin_from_logits(logits: np.ndarray, answer_index: int) -> np.ndarray:
-    """Margin reward of each subset, ``tanh((z_correct - z_best_wrong) / 2)`` (Eq. 5).
-
-    ``logits`` is ``(G, O)``: the reference model's option-letter logits for ``G`` subsets.
-    Equal to the normalised confidence margin of Eq. 4, ``(p* - p~) / (p* + p~)``, without
-    forming probabilities. Returns ``(G,)`` float64 in ``[-1, 1]``.
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] < 2:
-        raise ValueError(f"logits must be (G, O) with O >= 2 options, got shape {z.shape}")
-    if not 0 <= answer_index < z.shape[1]:
-        raise ValueError(f"answer_index {answer_index} out of range for {z.shape[1]} options")
-    correct = z[:, answer_index]  # (G,)
-    wrong = np.delete(z, answer_index, axis=1).max(axis=1)  # (G,)
-    return np.tanh((correct - wrong) / 2.0)
-
-
 def mean_temporal_entropy(
     timestamps: np.ndarray, subsets: Sequence[Sequence[int]] | np.ndarray, k: int = 1
 ) -> float:
