@@ -14,7 +14,8 @@ answerer), same policy architecture (``configs/tiny.yaml``). Steps:
    the reference model on the held-out split at ``--budget`` frames.
 
 Prints a table, then a JSON dict as the last line of stdout. Everything is written under
-``--out`` (default: a temporary directory); the reference model is cached there.
+``--out`` (default: a temporary directory); the small reference model comes from the demo's
+cache (``$REFOCUS_CACHE_DIR/reference``), trained there on first use.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout-videos", type=int, default=80)
     p.add_argument("--frames", default="48,160", help="MIN,MAX video length (frames at 4 fps)")
     p.add_argument("--reference", type=Path, default=None, help="a trained small reference (default: train one)")
-    p.add_argument("--reference-steps", type=int, default=300)
     p.add_argument("--tau", type=float, default=0.21, help="reward-variance filter threshold")
     p.add_argument("--grpo-steps", type=int, default=80)
     p.add_argument("--voyager-steps", type=int, default=200)
@@ -89,16 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     lap("synth")
 
     ref_dir = args.reference
-    if ref_dir is None:
-        from refocus.reference.small_training import (
-            SmallReferenceTrainConfig,
-            train_small_reference,
-        )
+    if ref_dir is None:  # the demo's small reference model for these data (shared cache)
+        from refocus.demo import DemoConfig, get_small_reference
 
-        ref_dir = out / "reference"
-        if not (ref_dir / "reference_train.json").is_file():
-            train_small_reference(load_questions(train_qa), ref_dir,
-                                  SmallReferenceTrainConfig(steps=args.reference_steps, seed=args.seed))
+        demo_cfg = DemoConfig(train_videos=args.train_videos, frames=(lo, hi), seed=args.seed)
+        ref_dir, _ = get_small_reference(train_qa, demo_cfg, progress=False)
     reference = load_reference(ref_dir, batch_size=16)
     lap("reference")
 
