@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", action="append", required=True, metavar="DIR",
                    help="synthetic benchmark dir (with qa.jsonl) or a qa.jsonl; repeatable")
     t.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="joint-stage optimiser steps (default 300); the align and vision stages keep "
+                        "their defaults")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train)

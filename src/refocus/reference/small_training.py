@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import QAItem
+from refocus.data.synth.common import COLORS, SHAPES
+from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
 from refocus.reference.small_model import LETTERS, SmallReferenceConfig, option_line
 
@@ -52,7 +54,10 @@ class SmallReferenceTrainConfig:
     vision_steps: int = 200
     """Stage 2 (vision tower + projector): steps regressing each frame's visual tokens onto the
     words that stage 1 read, so real frames then look to the language model like those words."""
-    vision_batch_size: int = 96
+    vision_batch_size: int = 64
+    paste_fraction: float = 0.5
+    """Share of the vision stage's needle frames that are freshly drawn objects pasted over
+    training haystack frames (``refocus.reference.augment``); the rest are the videos' own."""
     aux_weight: float = 1.0
     """Weight of the two auxiliary losses that break the "binding" plateau: at each option's
     last token, predict that option's letter; at the answer position, predict the correct
@@ -83,23 +88,6 @@ def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
     """
     x = torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2)
     return (x / 255.0 - 0.5) / 0.5
-
-
-def augment(rng: np.random.Generator, frames: np.ndarray, max_shift: float = 0.15) -> np.ndarray:
-    """Random horizontal flips and circular shifts of (N, S, S, 3) frames.
-
-    A few hundred videos hold only ~1,000 needle frames; without this the vision tower learns
-    those frames rather than colours and shapes, and held-out videos fall back to chance.
-    Colours are left alone (they are the labels).
-    """
-    out = np.empty_like(frames)
-    size = frames.shape[1]
-    shifts = rng.integers(-int(max_shift * size), int(max_shift * size) + 1, size=(len(frames), 2))
-    flips = rng.random(len(frames)) < 0.5
-    for i, frame in enumerate(frames):
-        f = frame[:, ::-1] if flips[i] else frame
-        out[i] = np.roll(f, tuple(shifts[i]), axis=(0, 1))
-    return out
 
 
 def is_held_out(item_id: str, fraction: float) -> bool:
@@ -245,7 +233,12 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
 
 def _pseudo_frame_embeddings(model, word_ids: dict[str, int], item: QAItem, needle: bool, tokens: int) -> torch.Tensor:
     """(P, D) stand-in for a frame's visual tokens: the words naming what it shows."""
-    words = [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+    return _word_frame_embeddings(model, word_ids, [item.meta["color"], item.meta["shape"]] if needle else ["clutter"],
+                                  tokens)
+
+
+def _word_frame_embeddings(model, word_ids: dict[str, int], words: list[str], tokens: int) -> torch.Tensor:
+    """(P, D): the embeddings of ``words`` repeated over a frame's P visual-token slots."""
     emb = model.get_input_embeddings()(torch.tensor([word_ids[w] for w in words]))  # (n, D)
     return emb.repeat((tokens + len(words) - 1) // len(words), 1)[:tokens]
 
@@ -354,10 +347,11 @@ def train_small_reference(
     kind_p = kind_p / kind_p.sum()
     tokens = prompts.tokens_per_image
     described = [it for it in train_items if _describable(it)]
-    word_ids = dict(zip(["clutter"] + sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])}),
-                        tokenizer.convert_tokens_to_ids(
-                            ["clutter"] + sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])})),
-                        strict=True))
+    words = ["clutter", *sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])}
+                                | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
+    word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
+    paste_colours = [c for c in COLORS if c in word_ids]
+    paste_shapes = [s for s in SHAPES if s in word_ids]
     history: list[dict] = []
 
     def draw_batch(pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
@@ -385,17 +379,26 @@ def train_small_reference(
     needle_frames = [(it, i) for it in described for i in videos[str(it.video)].spans[0]] if described else []
 
     def vision_step() -> tuple[torch.Tensor, float]:
-        half = cfg.vision_batch_size // 2
-        picks = [needle_frames[i] for i in rng.integers(0, len(needle_frames), half)]
+        n_hay = cfg.vision_batch_size // 4
+        n_needle = cfg.vision_batch_size - n_hay
+        n_paste = int(round(cfg.paste_fraction * n_needle)) if paste_colours and paste_shapes else 0
+        picks = [needle_frames[i] for i in rng.integers(0, len(needle_frames), n_needle - n_paste)]
         hay = []
-        for i in rng.integers(0, len(described), half):
+        for i in rng.integers(0, len(described), n_hay + n_paste):
             v = videos[str(described[i].video)]
             pool = np.flatnonzero(~v.evidence_mask)
-            hay.append((described[i], int(rng.choice(pool)) if len(pool) else 0))
-        frames = augment(rng, np.stack([videos[str(it.video)].frames[i] for it, i in picks + hay]))
+            hay.append(v.frames[int(rng.choice(pool)) if len(pool) else 0])
+        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), paste_colours, paste_shapes) \
+            if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
+        frames = np.concatenate([np.stack([videos[str(it.video)].frames[i] for it, i in picks]), pasted,
+                                 np.stack(hay[:n_hay])])
+        colours = [it.meta["color"] for it, _ in picks] + p_colours + [None] * n_hay
+        shapes = [it.meta["shape"] for it, _ in picks] + p_shapes + [None] * n_hay
+        frames = dihedral_shift(rng, frames)
+        frames, colours = permute_channels(rng, frames, colours)
         with torch.no_grad():
-            target = torch.stack([_pseudo_frame_embeddings(model, word_ids, it, j < half, tokens)
-                                  for j, (it, _) in enumerate(picks + hay)])
+            target = torch.stack([_word_frame_embeddings(model, word_ids, ["clutter"] if c is None else [c, s], tokens)
+                                  for c, s in zip(colours, shapes, strict=True)])
         pred = _image_tokens(model, pixel_values_from_frames(frames))
         return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
 
@@ -412,13 +415,16 @@ def train_small_reference(
     stages = [("align", align_step, cfg.align_steps if described else 0, None),
               ("vision", vision_step, cfg.vision_steps if needle_frames else 0, "vision"),
               ("joint", joint_step, cfg.steps, None)]
+    stage_seconds = {"decode": round(time.time() - t0, 1)}
     for stage, step_fn, steps, only in stages:
         if steps <= 0:
             continue
+        started = time.time()
         params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
                   if only == "vision" else list(model.parameters()))
         lr = cfg.joint_lr if stage == "joint" else cfg.lr
         _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
+        stage_seconds[stage] = round(time.time() - started, 1)
     model.eval()
     val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +435,7 @@ def train_small_reference(
         "val_questions": len(val_items),
         "skipped": skipped,
         "seconds": round(time.time() - t0, 1),
+        "stage_seconds": stage_seconds,
         **val,
         "config": asdict(cfg),
         "history": history,
