@@ -415,7 +415,7 @@ def train_small_reference(
     stages = [("align", align_step, cfg.align_steps if described else 0, None),
               ("vision", vision_step, cfg.vision_steps if needle_frames else 0, "vision"),
               ("joint", joint_step, cfg.steps, None)]
-    stage_seconds = {"decode": round(time.time() - t0, 1)}
+    stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
     for stage, step_fn, steps, only in stages:
         if steps <= 0:
             continue
