@@ -93,8 +93,8 @@ def answerer_dir(tmp_path_factory, tokenizer) -> Path:
     from refocus.reference.small_model import SmallReferenceConfig, build_small_reference
 
     torch.manual_seed(0)
-    cfg = SmallReferenceConfig(image_size=IMAGE, patch_size=16, vision_hidden=32, vision_layers=1,
-                               vision_heads=2, text_hidden=32, text_layers=1, text_heads=2)
+    cfg = SmallReferenceConfig(image_size=IMAGE, vision_hidden_sizes=(32, 64), vision_depths=(1, 1),
+                               vision_heads=(2, 2), text_hidden=32, text_layers=1, text_heads=2)
     model, processor = build_small_reference(tokenizer, cfg)
     path = tmp_path_factory.mktemp("reference")
     model.save_pretrained(path)

@@ -55,7 +55,7 @@ def ref_dir(tmp_path_factory, items):
     """An untrained tiny small-reference LLaVA at 32 px: a valid REF directory."""
     from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 
-    cfg = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
+    cfg = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(32, 64), vision_depths=(1, 1), vision_heads=(2, 2),
                                text_hidden=32, text_layers=1, text_heads=2, max_position_embeddings=1024)
     return save_untrained_small_reference(tmp_path_factory.mktemp("ref"), items, cfg)
 

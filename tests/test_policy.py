@@ -458,6 +458,7 @@ def test_policy_reuses_the_small_reference_models_vision_tower():
     small = pytest.importorskip("refocus.reference.small_model")
     tokenizer = small.train_tokenizer(["where is the red ball ?"])
     reference, _ = small.build_small_reference(tokenizer)
+    reference.eval()  # a frozen tower: LeViT's batch norms use their running statistics
     config = FramePolicyConfig(
         vision_config=reference.config.vision_config.to_dict(),
         backbone_config={"vocab_size": len(tokenizer)},

@@ -26,7 +26,7 @@ from refocus.reference.small_training import (
 )
 from refocus.video import load_video
 
-TINY = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1,
+TINY = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
                             text_hidden=32, text_layers=1, text_heads=2)
 
 

@@ -57,7 +57,7 @@ def bench(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory, bench) -> Path:
     """An untrained small reference model: real architecture, random weights."""
-    cfg = SmallReferenceConfig(image_size=32, patch_size=16, vision_hidden=16, vision_layers=1,
+    cfg = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
                                text_hidden=32, text_layers=1, text_heads=2)
     return save_untrained_small_reference(tmp_path_factory.mktemp("ref"), load_questions(bench), cfg)
 

@@ -15,7 +15,9 @@ from transformers import PreTrainedConfig
 
 from refocus.errors import ConfigError
 
-VISION_MODEL_TYPES = ("siglip_vision_model", "clip_vision_model")
+# Encoders whose ``last_hidden_state`` is (frames, tokens, width): real checkpoints' towers,
+# and LeViT, the conv-stem tower of the project's own small reference model.
+VISION_MODEL_TYPES = ("siglip_vision_model", "clip_vision_model", "levit")
 
 # A tiny SigLIP-compatible tower: 64 px frames, 16 px patches -> 4 x 4 = 16 tokens per frame.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -100,7 +102,8 @@ class FramePolicyConfig(PreTrainedConfig):
     vision_config: dict | None = None
     """Config values of the frozen frame encoder (a transformers vision model config)."""
     vision_model_type: str = "siglip_vision_model"
-    """transformers model type of the encoder: "siglip_vision_model" or "clip_vision_model"."""
+    """transformers model type of the encoder: "siglip_vision_model", "clip_vision_model" or
+    "levit" (whose config must also carry ``hidden_size``, its last stage's width)."""
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     """Per-channel mean subtracted from frames in [0, 1] (SigLIP's; CLIP uses 0.481, 0.458, 0.408)."""
     image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)

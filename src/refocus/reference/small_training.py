@@ -35,8 +35,11 @@ class SmallReferenceTrainConfig:
     """Stage 3: optimiser steps on real frames (all parameters)."""
     batch_size: int = 32
     """Examples (question + frame subset) per step."""
-    lr: float = 2e-3
-    """Peak learning rate of stages 1 and 2."""
+    lr: float = 1e-3
+    """Peak learning rate of stage 1 (the language model on word frames). Twice this leaves
+    stage 1 at 0.62 training accuracy after 1,200 steps instead of 0.74 (ceiling 0.78)."""
+    vision_lr: float = 2e-3
+    """Peak learning rate of stage 2 (vision tower and projector)."""
     joint_lr: float = 2e-4
     """Peak learning rate of stage 3: the answering circuit exists by then, and a high rate
     wipes it out before the model adapts to real frames."""
@@ -51,9 +54,10 @@ class SmallReferenceTrainConfig:
     align_steps: int = 1200
     """Stage 1 (language model): steps on prompts whose frames are word embeddings standing in
     for images ("red star" for the needle frame, "clutter" for the others)."""
-    vision_steps: int = 200
+    vision_steps: int = 800
     """Stage 2 (vision tower + projector): steps regressing each frame's visual tokens onto the
-    words that stage 1 read, so real frames then look to the language model like those words."""
+    words that stage 1 read, so real frames then look to the language model like those words.
+    The LeViT tower needs ~1,000 steps to tell all five shapes apart on held-out frames."""
     vision_batch_size: int = 64
     paste_fraction: float = 0.5
     """Share of the vision stage's needle frames that are freshly drawn objects pasted over
@@ -231,16 +235,20 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     return read + name
 
 
-def _pseudo_frame_embeddings(model, word_ids: dict[str, int], item: QAItem, needle: bool, tokens: int) -> torch.Tensor:
-    """(P, D) stand-in for a frame's visual tokens: the words naming what it shows."""
-    return _word_frame_embeddings(model, word_ids, [item.meta["color"], item.meta["shape"]] if needle else ["clutter"],
-                                  tokens)
+def _frame_words(item: QAItem, needle: bool) -> list[str]:
+    """The words a frame stands for in stage 1: the needle's colour and shape, or "clutter"."""
+    return [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+
+
+def _frame_word_ids(word_ids: dict[str, int], words: list[str], tokens: int) -> list[int]:
+    """Token ids of ``words`` repeated over a frame's ``tokens`` visual-token slots."""
+    ids = [word_ids[w] for w in words]
+    return (ids * tokens)[:tokens]
 
 
 def _word_frame_embeddings(model, word_ids: dict[str, int], words: list[str], tokens: int) -> torch.Tensor:
     """(P, D): the embeddings of ``words`` repeated over a frame's P visual-token slots."""
-    emb = model.get_input_embeddings()(torch.tensor([word_ids[w] for w in words]))  # (n, D)
-    return emb.repeat((tokens + len(words) - 1) // len(words), 1)[:tokens]
+    return model.get_input_embeddings()(torch.tensor(_frame_word_ids(word_ids, words, tokens)))
 
 
 def _describable(item: QAItem) -> bool:
@@ -248,25 +256,28 @@ def _describable(item: QAItem) -> bool:
 
 
 def _pseudo_forward(model, prompts, word_ids, batch, kinds, tokens: int, rng: np.random.Generator):
-    """Language-model forward where each frame's image tokens are word embeddings (stage 1)."""
+    """Language-model forward where each frame's image tokens are word tokens (stage 1).
+
+    The image placeholders are replaced by the ids of the words the frame stands for, so the
+    language model embeds them itself: one embedding lookup for the whole batch.
+    """
     encoded = [prompts.encode(item, k) for item, k in batch]
     L = max(len(ids) for ids, _ in encoded)
     tok = prompts.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
-    embed = model.get_input_embeddings()
-    rows, option_pos = [], []
+    input_ids = torch.full((len(batch), L), tok.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(batch), L), dtype=torch.long)
+    option_pos = []
     for i, ((item, k), (ids, ends), kind) in enumerate(zip(batch, encoded, kinds, strict=True)):
         off = L - len(ids)
-        x = embed(torch.tensor([tok.pad_token_id] * off + ids))  # (L, D)
         needle_at = int(rng.integers(k)) if kind == "positive" else -1
-        frames = [_pseudo_frame_embeddings(model, word_ids, item, j == needle_at, tokens) for j in range(k)]
-        slots = torch.tensor([off + j for j, t in enumerate(ids) if t == image_id])
-        x = x.index_put((slots,), torch.cat(frames))
-        rows.append(x)
+        frames = [_frame_word_ids(word_ids, _frame_words(item, j == needle_at), tokens) for j in range(k)]
+        row = torch.tensor(ids)
+        row[row == image_id] = torch.tensor([t for f in frames for t in f])
+        input_ids[i, off:] = row
         attention[i, off:] = 1
         option_pos.append([off + e for e in ends])
-    hidden = model.model.language_model(inputs_embeds=torch.stack(rows), attention_mask=attention).last_hidden_state
+    hidden = model.model.language_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
     return hidden, option_pos
 
 
@@ -412,19 +423,21 @@ def train_small_reference(
         hidden, option_pos = _batch_forward(model, prompts, batch)
         return answer_loss(hidden, option_pos, items_, kinds_)
 
-    stages = [("align", align_step, cfg.align_steps if described else 0, None),
-              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, "vision"),
-              ("joint", joint_step, cfg.steps, None)]
+    # (name, step, steps, learning rate, trains only the vision tower + projector)
+    stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False),
+              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, cfg.vision_lr, True),
+              ("joint", joint_step, cfg.steps, cfg.joint_lr, False)]
     stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
-    for stage, step_fn, steps, only in stages:
+    for stage, step_fn, steps, lr, vision_only in stages:
         if steps <= 0:
             continue
         started = time.time()
-        params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-                  if only == "vision" else list(model.parameters()))
-        lr = cfg.joint_lr if stage == "joint" else cfg.lr
+        for name, p in model.named_parameters():
+            p.requires_grad_(not vision_only or "vision_tower" in name or "multi_modal_projector" in name)
+        params = [p for p in model.parameters() if p.requires_grad]
         _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
         stage_seconds[stage] = round(time.time() - started, 1)
+    model.requires_grad_(True)
     model.eval()
     val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
