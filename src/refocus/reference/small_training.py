@@ -348,7 +348,7 @@ def train_small_reference(
     tokenizer = train_tokenizer([it.question for it in usable], [it.options for it in usable])
     model, processor = build_small_reference(tokenizer, cfg.model)
     model.train()
-    prompts = _PromptCache(processor, (cfg.model.image_size // cfg.model.patch_size) ** 2)
+    prompts = _PromptCache(processor, cfg.model.tokens_per_image)
     letter_ids = _letter_ids(tokenizer)
     answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
 
@@ -432,12 +432,10 @@ def train_small_reference(
         if steps <= 0:
             continue
         started = time.time()
-        for name, p in model.named_parameters():
-            p.requires_grad_(not vision_only or "vision_tower" in name or "multi_modal_projector" in name)
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+                  if vision_only else list(model.parameters()))
         _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
         stage_seconds[stage] = round(time.time() - started, 1)
-    model.requires_grad_(True)
     model.eval()
     val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
