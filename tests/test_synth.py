@@ -218,3 +218,11 @@ def test_cli_writes_benchmark_and_reports_bad_input(tmp_path, capsys):
 
     assert main(["synth", "niah", "--out", str(out), "--frames", "64"]) == 1
     assert "error: --frames expects MIN,MAX" in capsys.readouterr().err
+
+
+def test_parallel_workers_write_the_same_files(tmp_path):
+    one = make_benchmark("niah", tmp_path / "one", videos=3, frames=(16, 24), seed=5)
+    two = make_benchmark("niah", tmp_path / "two", videos=3, frames=(16, 24), seed=5, workers=2)
+    assert one.read_text().replace(str(tmp_path / "one"), "") == two.read_text().replace(str(tmp_path / "two"), "")
+    for a in sorted((tmp_path / "one" / "videos").iterdir()):
+        assert a.read_bytes() == (tmp_path / "two" / "videos" / a.name).read_bytes()

@@ -11,6 +11,8 @@ Video lengths are drawn uniformly from ``frames=(MIN, MAX)`` (inclusive) per vid
 
 from __future__ import annotations
 
+import functools
+
 import zlib
 from pathlib import Path
 
@@ -68,31 +70,48 @@ def make_benchmark(
     size: int = 96,
     *,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write ``videos`` synthetic videos and one question each; return ``DIR/qa.jsonl``.
 
     ``frames``: (MIN, MAX) video length in frames at ``fps``. ``progress``: show a tqdm bar.
+    ``workers``: processes rendering and encoding videos side by side (each video is seeded by
+    its index, so the files are the same whatever the count).
     """
     cfg = SynthConfig(fps=fps, size=size)
     _check(kind, videos, frames, cfg)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
 
     from tqdm.auto import tqdm
 
-    items = []
-    for index in tqdm(range(videos), desc=f"synth {kind}", unit="video", disable=not progress):
-        sample = plan_video(kind, seed, index, frames, cfg)
-        _, look_rng = video_rngs(kind, seed, index)
-        path = video_dir / f"{kind}_{index:05d}.mp4"
-        write_video(
-            path, render_frames(look_rng, sample.num_frames, sample.events, cfg), fps, cfg.crf
-        )
-        items.append(_item(kind, index, path, sample, fps))
+    write = functools.partial(_write_sample, kind, seed, frames, cfg, video_dir)
+    bar = functools.partial(tqdm, total=videos, desc=f"synth {kind}", unit="video", disable=not progress)
+    if workers == 1 or videos < 2:
+        items = [write(index) for index in bar(range(videos))]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold torch's thread pools, which do not survive a fork.
+        with ProcessPoolExecutor(min(workers, videos), mp_context=multiprocessing.get_context("spawn")) as pool:
+            items = list(bar(pool.map(write, range(videos), chunksize=4)))
     qa_path = out_dir / "qa.jsonl"
     write_questions(qa_path, items)
     return qa_path
+
+
+def _write_sample(kind: str, seed: int, frames: tuple[int, int], cfg: SynthConfig, video_dir: Path,
+                  index: int) -> QAItem:
+    """Render and encode video ``index``; return its question."""
+    sample = plan_video(kind, seed, index, frames, cfg)
+    _, look_rng = video_rngs(kind, seed, index)
+    path = video_dir / f"{kind}_{index:05d}.mp4"
+    write_video(path, render_frames(look_rng, sample.num_frames, sample.events, cfg), cfg.fps, cfg.crf)
+    return _item(kind, index, path, sample, cfg.fps)
 
 
 def _item(kind: str, index: int, path: Path, sample: Sample, fps: float) -> QAItem:
