@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import LlavaForConditionalGeneration
 
 from refocus.data.questions import load_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference import load_reference
+from refocus.seeding import seed_everything
 from refocus.reference.small_model import (
     SmallReferenceConfig,
     build_small_reference,
@@ -19,6 +21,7 @@ from refocus.reference.small_model import (
 from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,
+    compose_option_embeddings,
     pixel_values_from_frames,
     sample_subset,
     shuffle_options,
@@ -100,3 +103,33 @@ def test_training_saves_a_checkpoint_that_loads_as_a_reference(tmp_path, qa):
     frames = load_video(item.video, size=32).frames
     logits = ref.option_logits(item, frames, [[0, 1, 2, 3], [4, 5, 6, 7]])
     assert logits.shape == (2, 4) and np.isfinite(logits).all()
+
+
+def test_option_line_embeddings_start_as_the_sum_of_their_parts(qa):
+    items = load_questions(qa)
+    tokenizer = train_tokenizer([it.question for it in items], [it.options for it in items])
+    model, _ = build_small_reference(tokenizer, TINY)
+    count = compose_option_embeddings(model, tokenizer)
+    vocab = tokenizer.get_vocab()
+    lines = [t for t in vocab if len(t) > 3 and t[1:3] == ". " and t[0].isupper()]
+    assert count == len(lines) > 0
+    table = model.get_input_embeddings().weight
+    word = items[0].options[0]
+    torch.testing.assert_close(table[vocab[f"C. {word}"]], table[vocab["C"]] + table[vocab[word]])
+    assert not torch.allclose(table[vocab[f"C. {word}"]], table[vocab[f"D. {word}"]])
+
+
+def test_frozen_joint_stage_leaves_the_vision_tower_untouched(tmp_path, qa):
+    cfg = SmallReferenceTrainConfig(steps=3, align_steps=0, vision_steps=0, batch_size=4, joint_trains_vision=False,
+                                    val_fraction=0.0, val_subsets=1, model=TINY)
+    items = load_questions(qa)
+    train_small_reference(items, tmp_path / "ref", cfg, progress=False)
+    seed_everything(cfg.seed)  # the same initial weights as inside train_small_reference
+    tokenizer = train_tokenizer([it.question for it in items], [it.options for it in items])
+    initial, _ = build_small_reference(tokenizer, TINY)
+    trained = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ref")
+    before, after = initial.state_dict(), trained.state_dict()
+    tower = [k for k in before if "vision_tower" in k]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)  # batch-norm statistics included
+    assert not torch.equal(before["model.multi_modal_projector.linear_1.weight"],
+                           after["model.multi_modal_projector.linear_1.weight"])
