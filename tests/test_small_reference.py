@@ -12,7 +12,6 @@ from transformers import LlavaForConditionalGeneration
 from refocus.data.questions import load_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference import load_reference
-from refocus.seeding import seed_everything
 from refocus.reference.small_model import (
     SmallReferenceConfig,
     build_small_reference,
@@ -27,6 +26,7 @@ from refocus.reference.small_training import (
     shuffle_options,
     train_small_reference,
 )
+from refocus.seeding import seed_everything
 from refocus.video import load_video
 
 TINY = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),

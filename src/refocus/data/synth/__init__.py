@@ -12,7 +12,6 @@ Video lengths are drawn uniformly from ``frames=(MIN, MAX)`` (inclusive) per vid
 from __future__ import annotations
 
 import functools
-
 import zlib
 from pathlib import Path
 
