@@ -64,7 +64,7 @@ class SmallReferenceTrainConfig:
     words that stage 1 read, so real frames then look to the language model like those words.
     Held-out needle frames whose tokens lie nearest the right shape word: 0.62 after 600 steps,
     0.90 after 1,500 (colours 1.00 at both). End to end, held-out shape questions: 0.77-0.92
-    after 1,500 steps, 0.96-0.98 after 2,500 (two seeds each)."""
+    after 1,500 steps, 0.96-0.98 after 2,500 (runs with different seeds)."""
     vision_batch_size: int = 64
     joint_trains_vision: bool = False
     """Stage 3 trains the vision tower too. Off by default: the language model then adapts to
@@ -454,7 +454,7 @@ def train_small_reference(
         pred = _image_tokens(model, pixel_values_from_frames(frames))
         return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
 
-    # Stage 3: everything, on real frames.
+    # Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision).
     def joint_step() -> tuple[torch.Tensor, float]:
         k, items_, kinds_ = draw_batch(train_items)
         batch = []
