@@ -464,23 +464,22 @@ def train_small_reference(
         hidden, option_pos = _batch_forward(model, prompts, batch)
         return answer_loss(hidden, option_pos, items_, kinds_)
 
-    # (name, step, steps, learning rate, trains only the vision tower + projector)
-    stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False),
-              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, cfg.vision_lr, True),
-              ("joint", joint_step, cfg.steps, cfg.joint_lr, False)]
+    # (name, step, steps, learning rate, trains only the vision tower + projector, tower frozen)
+    stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False, False),
+              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, cfg.vision_lr, True, False),
+              ("joint", joint_step, cfg.steps, cfg.joint_lr, False, not cfg.joint_trains_vision)]
     stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
-    for stage, step_fn, steps, lr, vision_only in stages:
+    for stage, step_fn, steps, lr, vision_only, tower_frozen in stages:
         if steps <= 0:
             continue
         started = time.time()
-        params = ([p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-                  if vision_only else
-                  [p for n, p in model.named_parameters() if cfg.joint_trains_vision or "vision_tower" not in n])
-        if stage == "joint" and not cfg.joint_trains_vision:
-            # Frozen: batch norm keeps its running statistics, and no gradients flow into the
-            # tower (LeViT caches its attention biases in eval mode; with gradients on, that
-            # cache would tie every step's graph to the first one's).
+        if tower_frozen:
+            # Batch norm keeps its running statistics, and no gradients flow into the tower
+            # (LeViT caches its attention biases in eval mode; with gradients on, that cache
+            # would tie every step's graph to the first one's).
             model.model.vision_tower.eval().requires_grad_(False)
+        params = [p for n, p in model.named_parameters() if p.requires_grad
+                  and (not vision_only or "vision_tower" in n or "multi_modal_projector" in n)]
         _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
         stage_seconds[stage] = round(time.time() - started, 1)
     model.eval()
