@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from refocus.distributed import add_device_arguments
+
 EPILOG = """\
 output layout:
   DIR/results.json           one budget: that budget's results object; several budgets:
@@ -48,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
     p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
     p.add_argument("--batch-size", type=int, default=16, help="subsets per answerer forward (default 16)")
+    add_device_arguments(p, "the answerer and a policy selector")
     p.set_defaults(func=run)
 
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
     from refocus.data.questions import load_questions
+    from refocus.distributed import is_main_process
     from refocus.errors import RefocusError
     from refocus.evaluation import evaluate, summary_line, write_evaluation
     from refocus.selectors import get_selector
@@ -78,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
         raise RefocusError(f"--seeds must be >= 1, got {args.seeds}")
     errors: list = []
     items = load_questions(resolve_question_file(args.data), errors=errors)
-    selector = get_selector(args.selector, seed=args.seed, mode=args.mode)
+    selector = get_selector(args.selector, seed=args.seed, mode=args.mode, device=args.device,
+                            dtype=args.dtype)
     answerer = None
     if args.answerer.lower() != "none":
         from refocus.reference import load_reference
 
-        answerer = load_reference(args.answerer, batch_size=args.batch_size)
+        answerer = load_reference(args.answerer, device=args.device, dtype=args.dtype,
+                                  batch_size=args.batch_size)
     store = FrameStore(args.fps, args.max_frames, capacity=8)
     seeds = list(range(args.seed, args.seed + args.seeds))
     result = evaluate(items, answerer, selector, budgets, seeds, store=store)
@@ -91,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     result["skipped"][:0] = invalid
     for res in result["budgets"].values():
         res["skipped"] = list(result["skipped"])
+    if not is_main_process():  # every process holds the merged result; one writes it
+        return 0
     write_evaluation(result, args.out)
     if not result["predictions"]:
         first = result["skipped"][0]["reason"] if result["skipped"] else "no items"
