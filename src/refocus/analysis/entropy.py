@@ -243,7 +243,7 @@ def run_entropy_analysis(
         "skipped": skipped,
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_entropy(out, out_dir / PNG_NAME))

@@ -226,7 +226,7 @@ def run_niah_analysis(
         **({"notes": cfg.extra} if cfg.extra else {}),
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_niah(out, out_dir / PNG_NAME))

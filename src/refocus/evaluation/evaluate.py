@@ -274,7 +274,7 @@ def write_evaluation(result: dict, out_dir: str | Path) -> Path:
 
     Returns the path of ``DIR/results.json``.
     """
-    from refocus.cli._common import write_json
+    from refocus.io import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

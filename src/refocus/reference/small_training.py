@@ -9,7 +9,6 @@ sees the evidence. That is what makes its margins a reward for frame selection.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import QAItem
 from refocus.data.synth.common import COLORS, SHAPES
+from refocus.io import write_json
 from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
 from refocus.reference.small_model import LETTERS, SmallReferenceConfig, option_line
@@ -497,7 +497,7 @@ def train_small_reference(
         "config": asdict(cfg),
         "history": history,
     }
-    (out_dir / "reference_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "reference_train.json", summary)
     return summary
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.io import write_json
 from refocus.voyager.config import CollectConfig
 from refocus.voyager.ranking import loss_ranks, reference_losses
 
@@ -251,7 +252,7 @@ def collect_rankings(
         "skipped": skipped,
         "seconds": round(seconds, 2),
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / SUMMARY, summary)
     return CollectResult(out, len(kept), calls, calls, skipped, seconds)
 
 
@@ -284,7 +285,7 @@ def run_collect(
         path = Path(out_dir) / SUMMARY
         summary = json.loads(path.read_text())
         summary["skipped"] = result.skipped
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(path, summary)
     return result
 
 
