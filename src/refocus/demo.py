@@ -143,8 +143,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     from refocus.selectors import get_selector
     from refocus.selectors.policy import PolicySelector
     from refocus.training.config import load_config, packaged_config
-    from refocus.training.data import FrameStore
     from refocus.training.train import train_policy
+    from refocus.video.stores import FrameStore
 
     cfg = DemoConfig.quick_config() if quick else DemoConfig()
     out = Path(out_dir)

@@ -182,7 +182,7 @@ def run_diversity_analysis(
     """
     from tqdm.auto import tqdm
 
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or DiversityConfig()
     items = list(items)[: cfg.max_items] if cfg.max_items else list(items)

@@ -1,7 +1,7 @@
 """Temporal entropy of the policy's selections over training (paper §4.3, Fig. 6).
 
 For every checkpoint of a training run, the policy samples ``samples`` selections per item,
-and the Kozachenko–Leonenko entropy (``refocus.analysis.temporal_entropy.kl_entropy``, k-NN
+and the Kozachenko–Leonenko entropy (``refocus.estimators.kl_entropy``, k-NN
 with ``knn`` = 1) of each selection's frame times measures how spread out it is; the curve
 per selection size T' shows whether the policy narrows onto a window as it trains (the
 paper: small T' falls, T' = 32 stays high).
@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from refocus.analysis.temporal_entropy import kl_entropy
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.estimators import kl_entropy
 
 JSON_NAME = "entropy.json"
 PNG_NAME = "entropy.png"
@@ -175,7 +175,7 @@ def run_entropy_analysis(
     """
     from tqdm.auto import tqdm
 
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or EntropyConfig()
     if checkpoints is None:

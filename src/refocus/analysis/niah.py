@@ -167,7 +167,7 @@ def run_niah_analysis(
     lengths) nested lists), "n_items", "skipped"}}, "png"}``.
     """
     from refocus.evaluation import evaluate
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or NiahConfig()
     if not selectors:

@@ -20,7 +20,7 @@ from refocus.errors import RefocusError
 
 class VideoFrames(Protocol):
     """What a selector reads of a decoded video: ``refocus.video.DecodedVideo`` and
-    ``refocus.training.data.DecodedFrames`` both fit."""
+    ``refocus.video.stores.DecodedFrames`` both fit."""
 
     frames: np.ndarray
     """(T, S, S, 3) uint8 RGB."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refocus.analysis.temporal_entropy import kl_entropy
+from refocus.estimators import kl_entropy
 
 ScaleRewards = Literal["group", "batch", "none"]
 ImportanceLevel = Literal["sequence", "token"]

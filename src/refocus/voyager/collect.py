@@ -157,7 +157,7 @@ def rank_question(
     item: QAItem, frames: np.ndarray, combos: Sequence[Combination], reference: Any
 ) -> dict:
     """Score ``combos`` with one reference call and return the question's rankings line."""
-    from refocus.reference import margin_rewards
+    from refocus.reference.reward import margin_rewards
 
     logits = np.asarray(reference.option_logits(item, frames, [list(c.indices) for c in combos]))  # (G, O)
     losses = reference_losses(logits, item.answer_index)  # (G,)
@@ -197,7 +197,7 @@ def collect_rankings(
 
     from refocus.data.questions import write_questions
     from refocus.selectors.base import item_seed
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = cfg or CollectConfig()
     if max_reference_calls is not None and max_reference_calls < 2:

@@ -36,8 +36,8 @@ from refocus.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from refocus.training.data import FeatureStore, FrameStore
 from refocus.training.metrics import MetricsWriter
+from refocus.video.stores import FeatureStore, FrameStore
 from refocus.voyager.config import VOYAGER_FILE, CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import combination_scores
 from refocus.voyager.ranking import pairwise_ranking_loss
