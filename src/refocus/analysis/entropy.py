@@ -278,7 +278,7 @@ def _sample_orders(selector: Any, feats: Any, item: QAItem, cfg: EntropyConfig, 
     import torch
 
     from refocus.policy import tokenize_question
-    from refocus.selectors.base import item_seed
+    from refocus.seeding import item_seed
 
     steps = min(max(cfg.ks), num_frames)
     generator = torch.Generator().manual_seed(item_seed(cfg.seed, item.id))

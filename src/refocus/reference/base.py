@@ -31,8 +31,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from refocus.data.questions import LETTERS
 from refocus.reference.prompt import (
-    LETTERS,
     build_prompt_messages,
     render_prompt,
     template_breaks_after_image,

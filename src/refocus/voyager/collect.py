@@ -196,7 +196,7 @@ def collect_rankings(
     from tqdm.auto import tqdm
 
     from refocus.data.questions import write_questions
-    from refocus.selectors.base import item_seed
+    from refocus.seeding import item_seed
     from refocus.video.stores import FrameStore
 
     cfg = cfg or CollectConfig()
