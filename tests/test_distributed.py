@@ -60,6 +60,9 @@ def test_shard_and_gather_in_one_process_are_the_identity():
     items = list("abcde")
     assert shard(items) == list(enumerate(items))
     assert gather_in_order([(2, "c"), (0, "a"), (1, "b")]) == ["a", "b", "c"]
+    parts = [shard(items, rank=r, world=2) for r in (0, 1)]
+    assert parts == [[(0, "a"), (2, "c"), (4, "e")], [(1, "b"), (3, "d")]]
+    assert gather_in_order(parts[1] + parts[0]) == items
 
 
 def test_load_reference_places_the_model_in_the_given_dtype(bench, reference_dir):
@@ -98,7 +101,7 @@ def test_bad_device_is_a_one_line_error(tmp_path, bench, reference_dir, capsys):
     assert code == 1 and "error: --dtype: unknown dtype 'int3'" in capsys.readouterr().err
 
 
-def _run(args: list[str], tmp_path: Path, launch: bool) -> None:
+def _run(args: list[str], tmp_path: Path, launch: bool) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REFOCUS_CACHE_DIR": str(tmp_path / "cache"),
            "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     prefix = [sys.executable]
@@ -109,6 +112,7 @@ def _run(args: list[str], tmp_path: Path, launch: bool) -> None:
     proc = subprocess.run([*prefix, "-m", "refocus", *args], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def _eval_results(path: Path) -> dict:
@@ -123,7 +127,8 @@ def test_filter_under_two_processes_writes_what_one_process_writes(tmp_path, ben
     args = ["filter", "--data", str(bench), "--reference", str(reference_dir),
             "--frames-per-subset", "4", "--tau", "0.0", "--device", "cpu"]
     _run([*args, "--out", str(tmp_path / "one" / "kept.jsonl")], tmp_path, launch=False)
-    _run([*args, "--out", str(tmp_path / "two" / "kept.jsonl")], tmp_path, launch=True)
+    log = _run([*args, "--out", str(tmp_path / "two" / "kept.jsonl")], tmp_path, launch=True)
+    assert "on 2 processes" in log  # both processes took part, each with its shard
     for name in ("kept.jsonl", "kept.all.jsonl"):
         one, two = (tmp_path / d / name for d in ("one", "two"))
         assert one.read_text() == two.read_text(), name
@@ -135,7 +140,8 @@ def test_eval_under_two_processes_writes_what_one_process_writes(tmp_path, bench
     args = ["eval", "--data", str(bench), "--answerer", str(reference_dir), "--selector", "random",
             "--budget", "2,3", "--seeds", "2"]
     _run([*args, "--out", str(tmp_path / "one")], tmp_path, launch=False)
-    _run([*args, "--out", str(tmp_path / "two")], tmp_path, launch=True)
+    log = _run([*args, "--out", str(tmp_path / "two")], tmp_path, launch=True)
+    assert "on 2 processes" in log
     one, two = tmp_path / "one", tmp_path / "two"
     assert (one / "predictions.jsonl").read_text() == (two / "predictions.jsonl").read_text()
     assert len((one / "predictions.jsonl").read_text().splitlines()) == 5 * 2 * 2

@@ -35,10 +35,15 @@ def launched() -> bool:
 
 
 def process_state():
-    """accelerate's ``PartialState`` (initialises the process group on first use under a launch)."""
+    """accelerate's ``PartialState`` (initialises the process group on first use under a launch).
+
+    Without CUDA it is asked for CPU processes (gloo), as the trainer's ``Accelerator`` is:
+    accelerate's default would treat a CPU launch as one process.
+    """
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -103,9 +108,11 @@ def add_device_arguments(parser, what: str = "the reference model") -> None:
                         "bfloat16, float16, float32")
 
 
-def shard(items: Sequence[T]) -> list[tuple[int, T]]:
-    """This process's items with their input positions: every ``world``-th, from ``rank``."""
-    rank, world = rank_and_world()
+def shard(items: Sequence[T], rank: int | None = None, world: int | None = None) -> list[tuple[int, T]]:
+    """This process's items with their input positions: every ``world``-th, from ``rank``
+    (default: this process's rank and the number of processes)."""
+    if rank is None or world is None:
+        rank, world = rank_and_world()
     return [(i, items[i]) for i in range(rank, len(items), world)]
 
 
@@ -120,6 +127,12 @@ def gather_in_order(records: list[tuple[int, Any]]) -> list[Any]:
         records = gather_object([records])
         records = [pair for part in records for pair in part]
     return [record for _, record in sorted(records, key=lambda pair: pair[0])]
+
+
+def processes_note() -> str:
+    """`` on N processes`` under a multi-process launch, else empty (for summary lines)."""
+    world = rank_and_world()[1]
+    return f" on {world} processes" if world > 1 else ""
 
 
 def is_main_process() -> bool:

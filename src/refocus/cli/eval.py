@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
     from refocus.data.questions import load_questions
-    from refocus.distributed import is_main_process
+    from refocus.distributed import is_main_process, processes_note
     from refocus.errors import RefocusError
     from refocus.evaluation import evaluate, summary_line, write_evaluation
     from refocus.selectors import get_selector
@@ -103,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
     if not result["predictions"]:
         first = result["skipped"][0]["reason"] if result["skipped"] else "no items"
         raise RefocusError(f"no item could be evaluated (first reason: {first}); see {args.out}/results.json")
-    summary(summary_line(result, args.out))
+    summary(summary_line(result, args.out) + processes_note())
     return 0

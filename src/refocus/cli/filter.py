@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
     from refocus.data.questions import load_questions
-    from refocus.distributed import is_main_process
+    from refocus.distributed import is_main_process, processes_note
     from refocus.errors import RefocusError
     from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
     from refocus.reference import load_reference
@@ -48,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     q = info["variance_quantiles"]
     qs = " ".join(f"{k}={v:.3f}" for k, v in q.items())
     summary(f"kept {info['kept']}/{info['total']} questions (tau={cfg.tau:g}; variance {qs}); "
-            f"skipped {len(info['skipped'])} -> {args.out}")
+            f"skipped {len(info['skipped'])}{processes_note()} -> {args.out}")
     return 0

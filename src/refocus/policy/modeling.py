@@ -84,6 +84,10 @@ class FramePolicy(PreTrainedModel):
         self.query_head = nn.Linear(width, config.head_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
         self.logit_scale = nn.Parameter(torch.empty(()))
+        self.prefix_segment_frames: int | None = None
+        """Run the prefix in segments of this many frames, checkpointed along the sequence
+        under gradient checkpointing (:mod:`refocus.policy.prefix`); a runtime memory knob
+        set by the trainer, not part of the saved config. None: one pass."""
         self._freeze_vision()
         self.post_init()
 
