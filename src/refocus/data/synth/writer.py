@@ -32,7 +32,18 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf:
     Frame ``i`` gets pts ``i`` in a ``1/fps`` time base, so its presentation time is exactly
     ``i / fps`` seconds. No B-frames and one encoder thread: decode order equals display
     order and the same frames give the same bytes (the benchmark is reproducible from its
-    seed). The file is written under a temporary name and renamed when complete.
+    seed). Two settings make the bytes reproducible with libx264, and both are checked by
+    ``tests/test_synth.py``:
+
+    - B-frames off through ``max_b_frames`` (FFmpeg's ``bf``), which libx264 applies after
+      its preset. x264's own name ``bframes`` is not an FFmpeg option and was ignored
+      without a word, leaving the preset's 3 B-frames.
+    - mb-tree rate control off (``x264-params mbtree=0``). With it on, x264's AVX-512 code
+      made the bytes depend on the process's earlier allocations (same frames, different
+      files within one pytest run; none with ``asm=AVX2`` or ``mbtree=0``). Quality at the
+      same CRF is barely affected on these short, flat-coloured clips.
+
+    The file is written under a temporary name and renamed when complete.
     """
     import av
 
@@ -46,17 +57,18 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf:
         stream = container.add_stream(codec, rate=rate)
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = time_base
+        stream.codec_context.max_b_frames = 0
         if codec == "libx264":
             stream.options = {
                 "crf": str(crf),
                 "preset": "veryfast",
-                "bframes": "0",
                 "threads": "1",
+                "x264-params": "mbtree=0",
             }
         else:  # mpeg4: qscale 2 is near-lossless for flat colours
             stream.codec_context.qscale = True
             stream.codec_context.global_quality = 2 * 118  # FF_QP2LAMBDA * q
-            stream.options = {"bf": "0", "threads": "1"}
+            stream.options = {"threads": "1"}
         for arr in frames:
             if count == 0:
                 stream.height, stream.width = arr.shape[:2]
