@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 X264_ASM = "MMX2,SSE,SSE2,SSE2Fast,SSE3,SSSE3,SSE4.1,SSE4.2,AVX,FMA3,LZCNT,BMI1,BMI2,AVX2"
 """x264 CPU flags: every SIMD level up to AVX2, not AVX-512 (see ``write_video``)."""
 
