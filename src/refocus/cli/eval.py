@@ -11,10 +11,11 @@ output layout:
   DIR/budget-K/results.json  each budget's results object
   DIR/predictions.jsonl      one row per (item, budget, seed): id, category, seed, budget,
                              indices, timestamps, prediction, answer, correct, margin,
-                             logits, hit_evidence
+                             logits, hit_evidence, hit_all_evidence
 results object: selector, mode, answerer, budget, accuracy, accuracy_std (over seeds),
-  evidence_recall (null without spans), evidence_recall_std, per_category {cat: {accuracy,
-  evidence_recall, n}}, seconds_per_item (selection only), n_items, skipped [{id, reason}],
+  evidence_recall (any span holds a selected frame; null without spans), evidence_recall_std,
+  evidence_recall_all (every span holds one), evidence_recall_all_std, per_category {cat:
+  {accuracy, evidence_recall, evidence_recall_all, n}}, seconds_per_item (selection only), n_items, skipped [{id, reason}],
   seeds, deterministic.
 Deterministic selectors (uniform, oracle, policy in greedy mode) run once, with the first
 seed, whatever --seeds says. Each video is decoded once per frame size and reused across
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.errors import RefocusError
     from refocus.evaluation import evaluate, summary_line, write_evaluation
     from refocus.selectors import get_selector
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     budgets = parse_budgets(args.budget)
     if args.seeds < 1:
