@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import build_tiny
 
 from refocus.answerer.generation import Answerer, GenerateConfig, token_logprobs
 from refocus.answerer.rationale import build_rationale
@@ -13,7 +14,6 @@ from refocus.cli import main
 from refocus.data.questions import load_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
-from refocus.reference.tiny import build_tiny
 
 
 @pytest.fixture(autouse=True)

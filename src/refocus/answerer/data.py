@@ -26,7 +26,7 @@ class EvidenceVideos:
     """Decoded frames (at one size) plus evidence masks, per video, decoded once."""
 
     def __init__(self, size: int, fps: float = 4.0, max_frames: int = 512) -> None:
-        from refocus.training.data import FrameStore
+        from refocus.video.stores import FrameStore
 
         self.size = size
         self.store = FrameStore(fps, max_frames)

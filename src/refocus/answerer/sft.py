@@ -26,6 +26,7 @@ import numpy as np
 from refocus.answerer.data import EvidenceVideos, evidence_frames
 from refocus.answerer.rationale import TEMPLATE_WORDS, build_rationale, has_rationale
 from refocus.errors import RefocusError
+from refocus.io import write_json
 
 
 @dataclass
@@ -224,7 +225,7 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
         "before": before, "after": after, "final_loss": float(np.mean(history[-20:])),
         "seconds": time.time() - t0, "skipped": skipped,
     }
-    (out / "sft.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "sft.json", summary)
     return summary
 
 

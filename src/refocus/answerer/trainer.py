@@ -31,6 +31,7 @@ from refocus.answerer.config import AnswererTrainConfig
 from refocus.answerer.generation import Answerer, GenerateConfig, token_logprobs
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.io import write_text
 from refocus.training.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -72,7 +73,7 @@ class AnswererTrainer:
                  selector, out_dir: str | Path, resume: bool = False, progress: bool = True,
                  device: str = "cpu") -> None:
         from refocus.seeding import seed_everything
-        from refocus.training.data import FrameStore
+        from refocus.video.stores import FrameStore
 
         if not items:
             raise RefocusError("no training questions")
@@ -143,7 +144,7 @@ class AnswererTrainer:
         final = self.out_dir / "answerer"
         self.model.save_pretrained(final)
         self.answerer.processor.save_pretrained(final)
-        (final / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        write_text(final / "train_config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         self.metrics.close()
         return {"steps": self.step, "answerer_dir": str(final), "last_metrics": last,
                 "nonfinite_steps": self.nonfinite_total,
