@@ -140,3 +140,18 @@ def test_bad_method_config_is_one_line_error(tmp_path, capsys, multi, small_dir)
                  "--out", str(tmp_path / "o"), "--config", str(cfg)])
     assert code == 1
     assert capsys.readouterr().err.startswith("error: signals must be")
+
+
+def test_eval_generate_scores_parsed_answers_beside_option_logits(tmp_path, sft_dir, multi, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--data", str(multi), "--answerer", str(sft_dir), "--selector", "uniform",
+                 "--budget", "4", "--out", str(out), "--generate", "--max-new-tokens", "12"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["generated_accuracy"] <= 1.0 and 0.0 <= res["format_rate"] <= 1.0
+    assert res["accuracy"] is not None  # the option-logit score stays beside it
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert isinstance(r["generated"], str)
+        assert r["generated_correct"] == (r["generated_answer"] == r["answer"])
+    captured = capsys.readouterr()
+    assert "generated accuracy" in captured.out + captured.err
