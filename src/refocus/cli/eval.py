@@ -11,11 +11,12 @@ output layout:
   DIR/budget-K/results.json  each budget's results object
   DIR/predictions.jsonl      one row per (item, budget, seed): id, category, seed, budget,
                              indices, timestamps, prediction, answer, correct, margin,
-                             logits, hit_evidence; with --generate also generated,
-                             generated_answer, generated_correct, generated_format
+                             logits, hit_evidence, hit_all_evidence; with --generate also
+                             generated, generated_answer, generated_correct, generated_format
 results object: selector, mode, answerer, budget, accuracy, accuracy_std (over seeds),
-  evidence_recall (null without spans), evidence_recall_std, per_category {cat: {accuracy,
-  evidence_recall, n}}, seconds_per_item (selection only), n_items, skipped [{id, reason}],
+  evidence_recall (any span holds a selected frame; null without spans), evidence_recall_std,
+  evidence_recall_all (every span holds one), evidence_recall_all_std, per_category {cat:
+  {accuracy, evidence_recall, evidence_recall_all, n}}, seconds_per_item (selection only), n_items, skipped [{id, reason}],
   seeds, deterministic; with --generate also generated_accuracy(_std), format_rate.
 Deterministic selectors (uniform, oracle, policy in greedy mode) run once, with the first
 seed, whatever --seeds says. Each video is decoded once per frame size and reused across

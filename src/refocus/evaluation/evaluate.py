@@ -20,14 +20,16 @@ Layout of one budget's results (``evaluate(...)["budgets"][K]``, written as
      "accuracy", "accuracy_std",            # over seeds; 0.0 with one run
      "evidence_recall", "evidence_recall_std",   # share of items with spans whose spans hold
                                             # >= 1 selected frame; null when no item has spans
-     "per_category": {cat: {"accuracy", "evidence_recall", "n"}},   # {} if no categories
+     "evidence_recall_all", "evidence_recall_all_std",   # share of items whose EVERY span holds
+                                            # a selected frame (= evidence_recall with one span)
+     "per_category": {cat: {"accuracy", "evidence_recall", "evidence_recall_all", "n"}},   # {} if none
      "seconds_per_item",                    # selection only: per-video preparation + select
      "n_items", "skipped": [{"id", "reason"}], "seeds": [...], "deterministic"}
 
 With several budgets ``DIR/results.json`` is ``{"selector", "mode", "answerer", "budgets":
 {"K": results, ...}}``. ``DIR/predictions.jsonl`` holds one row per (item, budget, seed):
 ``{"id", "category", "seed", "budget", "indices", "timestamps", "prediction", "answer",
-"correct", "margin", "logits", "hit_evidence"}``; ``margin`` is the reward margin
+"correct", "margin", "logits", "hit_evidence", "hit_all_evidence"}``; ``margin`` is the reward margin
 ``tanh((z_answer - max_wrong z) / 2)``, positive iff the answer is predicted.
 """
 
@@ -42,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from refocus.data.evidence import evidence_frame_mask, hits_evidence
+from refocus.data.evidence import (
+    evidence_frame_mask,
+    evidence_spans_frames,
+    hits_all_evidence,
+    hits_evidence,
+)
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.selectors.base import validate_indices
@@ -149,12 +156,13 @@ def evaluate(
             skipped.append({"id": item.id, "reason": " ".join(str(exc).split())})
             continue
         mask = evidence_frame_mask(frames.timestamps, item.evidence)
+        spans = evidence_spans_frames(frames.timestamps, item.evidence)
         for k in budgets:
             per_seed = []
             for seed in run_seeds:
                 indices, took = selections[(k, seed)]
                 per_seed.append(took)
-                rows.append(_row(item, k, seed, indices, frames.timestamps, mask,
+                rows.append(_row(item, k, seed, indices, frames.timestamps, (mask, spans),
                                  None if logits is None else logits[tuple(indices)], margin_rewards))
                 if writer is not None:
                     rows[-1].update(_generated(texts[tuple(indices)], item.answer))
@@ -209,7 +217,8 @@ def _select_item(item, selector, store, budgets, run_seeds, select_size, answer_
     return frames, selections, prep_seconds
 
 
-def _row(item, budget, seed, indices, timestamps, mask, logits, margin_rewards) -> dict:
+def _row(item, budget, seed, indices, timestamps, evidence, logits, margin_rewards) -> dict:
+    mask, spans = evidence
     row = {
         "id": item.id,
         "category": item.category,
@@ -223,6 +232,7 @@ def _row(item, budget, seed, indices, timestamps, mask, logits, margin_rewards) 
         "margin": None,
         "logits": None,
         "hit_evidence": hits_evidence(indices, mask),
+        "hit_all_evidence": hits_all_evidence(indices, spans),
     }
     if logits is not None:
         prediction = item.letters[int(np.argmax(logits))]  # ties: the earlier letter
@@ -252,26 +262,30 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, budget, deterministic, scored) -> dict:
     """One budget's results object from its prediction rows (all seeds)."""
-    acc_by_seed, recall_by_seed = [], []
+    acc_by_seed, recall_by_seed, all_by_seed = [], [], []
     for seed in run_seeds:
         mine = [r for r in rows if r["seed"] == seed]
         if mine and scored:
             acc_by_seed.append(float(np.mean([r["correct"] for r in mine])))
-        hits = [r["hit_evidence"] for r in mine if r["hit_evidence"] is not None]
-        if hits:
-            recall_by_seed.append(float(np.mean(hits)))
+        for key, out in (("hit_evidence", recall_by_seed), ("hit_all_evidence", all_by_seed)):
+            hits = [r[key] for r in mine if r[key] is not None]
+            if hits:
+                out.append(float(np.mean(hits)))
     accuracy, accuracy_std = _mean_std(acc_by_seed)
     recall, recall_std = _mean_std(recall_by_seed)
+    recall_all, recall_all_std = _mean_std(all_by_seed)
 
     per_category = {}
     if any(r["category"] is not None for r in rows):
         for cat in sorted({r["category"] or "uncategorized" for r in rows}):
             mine = [r for r in rows if (r["category"] or "uncategorized") == cat]
             hits = [r["hit_evidence"] for r in mine if r["hit_evidence"] is not None]
+            hits_all = [r["hit_all_evidence"] for r in mine if r["hit_all_evidence"] is not None]
             per_category[cat] = {
                 # every seed scores the same items, so the mean over rows = the mean over seeds
                 "accuracy": round(float(np.mean([r["correct"] for r in mine])), 6) if scored else None,
                 "evidence_recall": round(float(np.mean(hits)), 6) if hits else None,
+                "evidence_recall_all": round(float(np.mean(hits_all)), 6) if hits_all else None,
                 "n": len({r["id"] for r in mine}),
             }
     generated = {}
@@ -290,6 +304,8 @@ def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, b
         **generated,
         "evidence_recall": recall,
         "evidence_recall_std": recall_std,
+        "evidence_recall_all": recall_all,
+        "evidence_recall_all_std": recall_all_std,
         "per_category": per_category,
         "seconds_per_item": round(float(np.mean(seconds)), 6) if seconds else None,
         "n_items": len({r["id"] for r in rows}),

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+X264_ASM = "MMX2,SSE,SSE2,SSE2Fast,SSE3,SSSE3,SSE4.1,SSE4.2,AVX,FMA3,LZCNT,BMI1,BMI2,AVX2"
+"""x264 CPU flags: every SIMD level up to AVX2, not AVX-512 (see ``write_video``)."""
+
 
 @functools.cache
 def pick_codec() -> str:
@@ -52,6 +55,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf:
                 "preset": "veryfast",
                 "bframes": "0",
                 "threads": "1",
+                # x264's AVX-512 kernels read past the end of the input frame, and what lies
+                # there changed the bytes written on some runs (same frames, same process);
+                # without them (AVX2 and below) the output is reproducible. Same speed here.
+                "x264-params": f"asm={X264_ASM}",
             }
         else:  # mpeg4: qscale 2 is near-lossless for flat colours
             stream.codec_context.qscale = True
