@@ -97,6 +97,7 @@ def evaluate(
     fps: float = 4.0,
     max_frames: int = 512,
     progress: bool = True,
+    generate: Any = None,
 ) -> dict:
     """Evaluate ``selector`` with ``answerer`` on ``items`` at every budget; nothing decoded twice.
 
@@ -108,6 +109,11 @@ def evaluate(
     ``max_frames`` arguments are ignored. Items whose video cannot be decoded, or that the
     selector or answerer rejects with a RefocusError (e.g. the oracle without evidence),
     are skipped and listed; a selector returning a malformed selection raises ValueError.
+
+    generate: a ``refocus.answerer.generation.GenerateConfig``: the answerer also writes a
+    reasoned answer for every scored subset (``<think>...</think><answer>X</answer>``); rows
+    get ``generated`` / ``generated_answer`` / ``generated_correct`` and the results
+    ``generated_accuracy`` and ``format_rate`` beside the option-logit ``accuracy``.
 
     Returns ``{"selector", "mode", "answerer", "budgets": {K: results}, "predictions": [rows],
     "skipped": [{"id", "reason"}]}`` with the per-budget results and prediction rows
@@ -124,6 +130,11 @@ def evaluate(
     answer_size = None if answerer is None else int(answerer.image_size)
     select_size = selector.image_size or answer_size or SELECTION_ONLY_SIZE
     prepare = getattr(selector, "prepare", None)
+    writer = None
+    if generate is not None and answerer is not None:
+        from refocus.answerer.generation import Answerer
+
+        writer = Answerer.from_adapter(answerer)
 
     rows: list[dict] = []
     skipped: list[dict] = []
@@ -139,6 +150,8 @@ def evaluate(
                 unique = list(dict.fromkeys(tuple(s[0]) for s in selections.values()))
                 scored = answerer.option_logits(item, frames.frames, [list(u) for u in unique])  # (G, O)
                 logits = {u: np.asarray(scored[g], dtype=np.float64) for g, u in enumerate(unique)}
+                if writer is not None:
+                    texts = {u: writer.generate(item, [frames.frames[i] for i in u], generate).texts[0] for u in unique}
         except RefocusError as exc:
             skipped.append({"id": item.id, "reason": " ".join(str(exc).split())})
             continue
@@ -151,6 +164,8 @@ def evaluate(
                 per_seed.append(took)
                 rows.append(_row(item, k, seed, indices, frames.timestamps, (mask, spans),
                                  None if logits is None else logits[tuple(indices)], margin_rewards))
+                if writer is not None:
+                    rows[-1].update(_generated(texts[tuple(indices)], item.answer))
             seconds[k].append(prep_seconds + float(np.mean(per_seed)))
         if answerer is not None:
             n_correct += sum(bool(r["correct"]) for r in rows[-len(budgets) * len(run_seeds):])
@@ -230,6 +245,14 @@ def _row(item, budget, seed, indices, timestamps, evidence, logits, margin_rewar
     return row
 
 
+def _generated(text: str, answer: str) -> dict:
+    from refocus.answerer import ktr_math
+
+    return {"generated": text, "generated_answer": ktr_math.parse_answer(text),
+            "generated_correct": bool(ktr_math.accuracy_reward(text, answer)),
+            "generated_format": bool(ktr_math.format_reward(text))}
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -265,6 +288,12 @@ def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, b
                 "evidence_recall_all": round(float(np.mean(hits_all)), 6) if hits_all else None,
                 "n": len({r["id"] for r in mine}),
             }
+    generated = {}
+    if rows and "generated_correct" in rows[0]:
+        gen_acc, gen_std = _mean_std([float(np.mean([r["generated_correct"] for r in rows if r["seed"] == s]))
+                                      for s in run_seeds if any(r["seed"] == s for r in rows)])
+        generated = {"generated_accuracy": gen_acc, "generated_accuracy_std": gen_std,
+                     "format_rate": round(float(np.mean([r["generated_format"] for r in rows])), 6)}
     return {
         "selector": selector,
         "mode": mode,
@@ -272,6 +301,7 @@ def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, b
         "budget": budget,
         "accuracy": accuracy,
         "accuracy_std": accuracy_std,
+        **generated,
         "evidence_recall": recall,
         "evidence_recall_std": recall_std,
         "evidence_recall_all": recall_all,
@@ -326,6 +356,8 @@ def summary_line(result: dict, out: str | Path | None = None) -> str:
         parts = []
         if res["accuracy"] is not None:
             parts.append(f"accuracy {fmt(res['accuracy'])} ± {fmt(res['accuracy_std'])}")
+        if res.get("generated_accuracy") is not None:
+            parts.append(f"generated accuracy {fmt(res['generated_accuracy'])} (format {fmt(res['format_rate'])})")
         parts.append(f"evidence recall {fmt(res['evidence_recall'])}")
         clauses.append((k, ", ".join(parts)))
     first = next(iter(budgets.values()))
