@@ -213,6 +213,34 @@ def test_policy_sample_is_seeded(policy_dir, niah):
     assert runs != [b.select(v, it, 6) for it, v in zip(items[:3], videos[:3], strict=True)]
 
 
+def test_question_blind_policy_ignores_the_question(policy_dir, niah, tmp_path):
+    """The same weights with ``question_blind``: the selection no longer depends on the question."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from refocus.policy import BLIND_QUESTION, FramePolicy, tokenize_question
+
+    items, videos = niah
+    other = dataclasses.replace(items[1], question=items[0].question)
+    assert other.question != items[1].question
+    policy = FramePolicy.from_pretrained(policy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    dists = {}
+    for blind in (False, True):
+        policy.config.question_blind = blind
+        policy.save_pretrained(tmp_path / str(blind))
+        tokenizer.save_pretrained(tmp_path / str(blind))
+        sel = get_selector(f"policy:{tmp_path / str(blind)}", mode="distribution", seed=0)
+        assert sel.policy.config.question_blind is blind  # the switch is saved with the checkpoint
+        dists[blind] = [sel.selection_distribution(videos[1], it, 5) for it in (items[1], other)]
+    # untrained, the question moves the distribution by only ~1e-7 (its state decays), but it does
+    assert np.abs(dists[False][0] - dists[False][1]).max() > 1e-8
+    np.testing.assert_array_equal(*dists[True])
+    ids = tokenize_question(tokenizer, items[1], blind=True)
+    assert ids.tolist() == tokenize_question(tokenizer, BLIND_QUESTION).tolist()
+
+
 def test_policy_distribution_mode_takes_top_frames(policy_dir, niah):
     items, videos = niah
     sel = get_selector(f"policy:{policy_dir}", mode="distribution", seed=0)

@@ -168,7 +168,7 @@ class PolicySelector:
         from refocus.policy import tokenize_question
 
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
         generator = None if self.mode == "greedy" else self._generator(item)
         out = self.policy.select(
             [feats], [ids], k=budget, num_candidates=1, mode=self.mode,
@@ -189,7 +189,7 @@ class PolicySelector:
 
         num_frames = check_budget(video, budget)
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
         out = self.policy.select(
             [feats], [ids], k=min(budget, num_frames), num_candidates=num_samples or self.num_samples,
             mode="distribution", temperature=self.temperature, generator=self._generator(item),

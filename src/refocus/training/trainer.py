@@ -183,7 +183,7 @@ class GRPOTrainer:
         except RefocusError as exc:
             self.skipped[item.id] = str(exc)
             return None
-        return feats, tokenize_question(self.tokenizer, item), ref_frames
+        return feats, tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind), ref_frames
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
