@@ -51,6 +51,22 @@ class PolicyReplayOutput(ModelOutput):
     """(B, G, K) entropy of each step's distribution over the still-available frames."""
 
 
+def _scalar_logit_scale(path) -> torch.Tensor | None:
+    """The 0-dim ``logit_scale`` of an older local checkpoint, else None."""
+    import os
+
+    file = os.path.join(os.fspath(path), "model.safetensors") if isinstance(path, str | os.PathLike) else None
+    if file is None or not os.path.isfile(file):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as f:
+        if "logit_scale" in f.keys():
+            tensor = f.get_tensor("logit_scale")
+            return tensor if tensor.dim() == 0 else None
+    return None
+
+
 class FramePolicy(PreTrainedModel):
     """Mamba2 frame-selection policy: picks K frames of a video for a question, autoregressively.
 
@@ -83,7 +99,9 @@ class FramePolicy(PreTrainedModel):
         self.key_head = nn.Linear(width, config.head_dim, bias=False)
         self.query_head = nn.Linear(width, config.head_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
-        self.logit_scale = nn.Parameter(torch.empty(()))
+        # shape (1,), not (): DeepSpeed broadcasts parameters as byte views at start-up,
+        # which a 0-dim tensor cannot give (checkpoints with the old () shape still load)
+        self.logit_scale = nn.Parameter(torch.empty(1))
         self.prefix_segment_frames: int | None = None
         """Run the prefix in segments of this many frames, checkpointed along the sequence
         under gradient checkpointing (:mod:`refocus.policy.prefix`); a runtime memory knob
@@ -99,7 +117,13 @@ class FramePolicy(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> FramePolicy:
         """transformers' loader, then the vision tower frozen again (loading replaces parameters)."""
+        old_scale = _scalar_logit_scale(args[0]) if args else None
+        if old_scale is not None:  # a checkpoint from before logit_scale had shape (1,)
+            kwargs["ignore_mismatched_sizes"] = True
         model = super().from_pretrained(*args, **kwargs)
+        if old_scale is not None:
+            with torch.no_grad():
+                model.logit_scale.copy_(old_scale.reshape(1))
         model._freeze_vision()
         return model
 
@@ -246,6 +270,9 @@ class FramePolicy(PreTrainedModel):
         )
         tower = self.vision_tower
         dtype = next(tower.parameters()).dtype
+        if any(b.is_floating_point() and b.dtype != dtype for b in tower.buffers()):
+            # DeepSpeed's bf16 casts parameters only: BatchNorm statistics (LeViT) follow here
+            tower.to(dtype)
         outputs = []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_vision):
             for chunk in pixels.split(batch_size):

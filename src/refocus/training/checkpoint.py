@@ -53,20 +53,39 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-XXXXXX`` atomically and point ``latest`` at it."""
-    ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:06d}"
-    tmp = ckpt_root / f"step-{step:06d}.tmp"
+    stage_checkpoint(run_dir, step, policy, tokenizer, trainer_state, config_yaml)
+    return commit_checkpoint(run_dir, step, keep)
+
+
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before :func:`commit_checkpoint` renames it."""
+    return run_dir / "checkpoints" / f"step-{step:06d}.tmp"
+
+
+def stage_checkpoint(
+    run_dir: Path, step: int, policy, tokenizer, trainer_state: dict[str, Any], config_yaml: str
+) -> Path:
+    """The shared part of a checkpoint (policy, tokenizer, trainer state, config) into its
+    staging directory; other processes may add their own files there before the commit."""
+    tmp = staging_dir(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     (tmp / "train_config.yaml").write_text(config_yaml)
+    return tmp
+
+
+def commit_checkpoint(run_dir: Path, step: int, keep: int = 2) -> Path:
+    """Rename the staged checkpoint into place, point ``latest`` at it, prune old ones."""
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step-{step:06d}"
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    os.replace(staging_dir(run_dir, step), final)
     latest_tmp = ckpt_root / f"{LATEST}.tmp"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, ckpt_root / LATEST)

@@ -24,14 +24,16 @@ import yaml
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
-from refocus.training import grpo_math
+from refocus.training import grpo_math, launch
 from refocus.training import replay as replay_lib
 from refocus.training.checkpoint import (
+    commit_checkpoint,
     latest_checkpoint,
     load_trainer_state,
     rng_state,
-    save_checkpoint,
     set_rng_state,
+    stage_checkpoint,
+    staging_dir,
 )
 from refocus.training.config import GRPOConfig
 from refocus.training.metrics import MetricsWriter
@@ -125,8 +127,6 @@ class GRPOTrainer:
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        from accelerate import Accelerator
-
         from refocus.seeding import seed_everything
 
         self.cfg = cfg
@@ -134,7 +134,7 @@ class GRPOTrainer:
         self.reference = reference
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = launch.make_accelerator()
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
@@ -142,7 +142,7 @@ class GRPOTrainer:
         if cfg.gradient_checkpointing:
             self.policy.activation_checkpointing_enable()
         self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
-        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        self.model, self.optimizer = launch.prepare(self.accelerator, self.policy, self.optimizer, cfg)
         self.sampler_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
                                  disk_cache=cfg.frame_disk_cache)
@@ -301,7 +301,7 @@ class GRPOTrainer:
                 break
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            stats["train/grad_norm"] = float(grad_norm)
+            stats["train/grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)
         self.scheduler.step()
         t3 = time.perf_counter()
 
@@ -345,9 +345,10 @@ class GRPOTrainer:
         return False
 
     def _save(self) -> None:
+        """Shared state from the main process, then every process's own (sampler RNG,
+        optimiser state or ZeRO shard) into the staging directory, then the commit."""
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.sampler_rng),
             "nonfinite_total": self.nonfinite_total,
@@ -356,10 +357,15 @@ class GRPOTrainer:
             "skipped": self.skipped,
         }
         if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.out_dir, self.step, self.accelerator.unwrap_model(self.model), self.tokenizer,
-                state, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), keep=self.cfg.save_total_limit,
-            )
+            stage_checkpoint(self.out_dir, self.step, self.accelerator.unwrap_model(self.model),
+                             self.tokenizer, state, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.accelerator.wait_for_everyone()
+        launch.save_process_state(self.accelerator, self.model, self.optimizer,
+                                  staging_dir(self.out_dir, self.step),
+                                  {"rng": rng_state(self.sampler_rng), "reference_calls": self.reference_calls})
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            commit_checkpoint(self.out_dir, self.step, keep=self.cfg.save_total_limit)
         self.accelerator.wait_for_everyone()
 
     def _resume(self) -> None:
@@ -371,12 +377,15 @@ class GRPOTrainer:
         weights = load_file(ckpt / "model.safetensors")
         self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=False)
         state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        own = launch.load_process_state(self.accelerator, self.model, self.optimizer, ckpt)
+        if own is None:  # a checkpoint from before per-process state: rank 0's for everyone
+            self.optimizer.load_state_dict(state["optimizer"])
+            own = {"rng": state["rng"], "reference_calls": state["reference_calls"]}
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.sampler_rng)
+        set_rng_state(own["rng"], self.sampler_rng)
         self.step = state["step"]
         self.nonfinite_total = state["nonfinite_total"]
         self.nonfinite_run = state["nonfinite_run"]
-        self.reference_calls = state["reference_calls"]
+        self.reference_calls = own["reference_calls"]
         self.skipped = dict(state["skipped"])
         self.metrics.truncate_after(self.step)
