@@ -34,16 +34,22 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def deepspeed_requested() -> bool:
+    """True when launched with DeepSpeed (``accelerate launch --use_deepspeed`` sets this)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def process_state():
     """accelerate's ``PartialState`` (initialises the process group on first use under a launch).
 
-    Without CUDA it is asked for CPU processes (gloo), as the trainer's ``Accelerator`` is:
-    accelerate's default would treat a CPU launch as one process.
+    Without CUDA it is asked for CPU processes (gloo), as the trainer's ``Accelerator`` is
+    (accelerate's default would treat a CPU launch as one process), unless DeepSpeed was
+    asked for, which brings its own CPU backend.
     """
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available() and not deepspeed_requested())
 
 
 def rank_and_world() -> tuple[int, int]:

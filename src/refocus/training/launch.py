@@ -19,21 +19,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from refocus.distributed import deepspeed_requested
 from refocus.errors import RefocusError
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
-
-
-def deepspeed_requested() -> bool:
-    """True when launched with DeepSpeed (``accelerate launch --use_deepspeed`` sets this)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def make_accelerator():
