@@ -51,6 +51,15 @@ class PolicyReplayOutput(ModelOutput):
     """(B, G, K) entropy of each step's distribution over the still-available frames."""
 
 
+def _run_block(block, hidden: torch.Tensor, conv: torch.Tensor | None, ssm: torch.Tensor | None):
+    """One Mamba2 block over (N, S, D) from its layer's state; (output, conv state, ssm state)."""
+    layer, count = block.layer_idx, block.layer_idx + 1
+    given = None if conv is None else RecurrentState([None] * layer + [conv], [None] * layer + [ssm])
+    cache = StateCache(count, block.mixer.conv_kernel_size, given)
+    out = block(hidden, cache)  # positional: transformers' wrapper drops a `cache=` keyword
+    return out, cache.conv_out[layer], cache.ssm_out[layer]
+
+
 def _scalar_logit_scale(path) -> torch.Tensor | None:
     """The 0-dim ``logit_scale`` of an older local checkpoint, else None."""
     import os
@@ -102,6 +111,7 @@ class FramePolicy(PreTrainedModel):
         # shape (1,), not (): DeepSpeed broadcasts parameters as byte views at start-up,
         # which a 0-dim tensor cannot give (checkpoints with the old () shape still load)
         self.logit_scale = nn.Parameter(torch.empty(1))
+        self._block_checkpoint = None  # set by activation_checkpointing_enable()
         self.prefix_segment_frames: int | None = None
         """Run the prefix in segments of this many frames, checkpointed along the sequence
         under gradient checkpointing (:mod:`refocus.policy.prefix`); a runtime memory knob
@@ -245,7 +255,20 @@ class FramePolicy(PreTrainedModel):
             )
         if gradient_checkpointing_func is None:
             gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
+        # Checkpointed here, per block, in run_backbone, with the recurrent state passed in
+        # and out as tensors; transformers' own per-layer wrapper would keep the cache object
+        # among the checkpoint's inputs, and with the state it records that is a reference
+        # cycle through the autograd graph that Python's gc cannot free (under the prefix's
+        # sequence checkpointing it leaked every segment's recomputed tensors).
+        self._block_checkpoint = gradient_checkpointing_func if enable else None
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return getattr(self, "_block_checkpoint", None) is not None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
 
     def train(self, mode: bool = True) -> FramePolicy:
         super().train(mode)
@@ -304,14 +327,17 @@ class FramePolicy(PreTrainedModel):
         transformers' ``gradient_checkpointing_enable()``, applies per block.
         """
         backbone = self.backbone
-        cache = StateCache(len(backbone.layers), backbone.config.conv_kernel, state)
-        hidden = inputs_embeds
-        for block in backbone.layers:
-            # positional: transformers' checkpointing wrapper drops a `cache=` keyword
-            hidden = block(hidden, cache)
+        checkpointed = self.is_activation_checkpointing and self.training and torch.is_grad_enabled()
+        hidden, conv, ssm = inputs_embeds, [], []
+        for i, block in enumerate(backbone.layers):
+            args = (block, hidden, None if state is None else state.conv[i],
+                    None if state is None else state.ssm[i])
+            hidden, c, h = self._block_checkpoint(_run_block, *args) if checkpointed else _run_block(*args)
+            conv.append(c)
+            ssm.append(h)
         # The residual stream is float32 (residual_in_fp32); in a model cast to bf16 the heads
         # need their own dtype back (under autocast this cast changes nothing).
-        return backbone.norm_f(hidden).to(self.key_head.weight.dtype), cache.result()
+        return backbone.norm_f(hidden).to(self.key_head.weight.dtype), RecurrentState(conv, ssm)
 
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product scores, float32: keys (B, T, d), queries (B, ..., d) -> (B, ..., T).

@@ -12,8 +12,10 @@ Runs data-parallel under ``accelerate launch`` (DDP, or DeepSpeed ZeRO-1 on GPUs
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +157,9 @@ class GRPOTrainer:
         self.nonfinite_run = 0
         self.reference_calls = 0
         self.skipped: dict[str, str] = {}
+        self.phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext()
+        """Context around each phase of a step ("sample", "reward" per question, "replay");
+        a hook for profilers (benchmarks/memory.py measures peak memory per phase)."""
         if resume:
             self._resume()
 
@@ -260,7 +265,7 @@ class GRPOTrainer:
         qids = [q for _, _, q, _ in batch]  # B x (L_b,)
         k = min(k, min(f.shape[0] for f in feats))
         policy.eval()
-        with torch.no_grad(), self._autocast():
+        with self.phase("sample"), torch.no_grad(), self._autocast():
             out = replay_lib.sample_candidates(policy, feats, qids, k, G, cfg.micro_batch_size,
                                                cfg.temperature, self.sampler_rng)
         t1 = time.perf_counter()
@@ -269,7 +274,8 @@ class GRPOTrainer:
         rewards, correct, temporal = [], [], []
         for b, (item, _, _, ref) in enumerate(batch):
             subsets = out.indices[b].tolist()  # (G, K) sorted
-            logits = self.reference.option_logits(item, ref.frames, subsets)  # (G, O)
+            with self.phase("reward"):
+                logits = self.reference.option_logits(item, ref.frames, subsets)  # (G, O)
             self.reference_calls += len(subsets)
             rewards.append(torch.from_numpy(margin_rewards(logits, item.answer_index)))
             correct.append(torch.from_numpy(logits.argmax(-1) == item.answer_index))
@@ -292,10 +298,11 @@ class GRPOTrainer:
 
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            replayed = replay_lib.accumulate_replay(
-                self.accelerator, self.model, feats, qids, out.order, loss_fn,
-                cfg.micro_batch_size, cfg.temperature, self._autocast,
-            )
+            with self.phase("replay"):
+                replayed = replay_lib.accumulate_replay(
+                    self.accelerator, self.model, feats, qids, out.order, loss_fn,
+                    cfg.micro_batch_size, cfg.temperature, self._autocast,
+                )
             loss, stats, ent = torch.tensor(replayed.loss), dict(replayed.stats), replayed.entropies
             if not self._finite(loss):
                 break
