@@ -9,26 +9,32 @@ state), the next step is measured phase by phase: the peak bytes
 of tensor storages allocated inside each phase (activations, temporaries, gradients; a
 torch dispatch mode sees every op's outputs), CPU, float32.
 
-What varies: candidates G, frames T, tokens per frame P, frames per candidate K, questions
-per micro-batch m and per step B. Each phase's peak is fitted (non-negative least squares)
-as bytes per element of the structures that hold memory, counted exactly for the measured
-configuration (L layers, width D, per-layer recurrent state S = E*D*n + conv_dim*k):
+What varies: candidates G, frames T, tokens per frame P, frames per candidate K, backbone
+layers L, questions per micro-batch m and per step B. Each phase's peak is fitted
+(non-negative least squares) as bytes per element of the structures that hold memory,
+counted exactly for each configuration (width D, per-layer recurrent state S = E*D*n +
+conv_dim*k, s frames per prefix segment):
 
-    replay:  m*L*s*P*D (one segment of s frames recomputed, all layers' block inputs)
-             m*L*(T/s)*S (segment-boundary states)   m*G*L*S (the candidates' state copies)
-             m*G*K*(L*D + T) (the candidates' chunk and their scores over frames)   + const
-    sample:  m*s*P*D (one segment, one block at a time)   m*G*L*S   m*G*T   + const
+    replay:  m*L*s*P*D  every layer's block input while one segment is recomputed
+             m*s*P*D    one block's internals over that segment
+             m*L*(T/s)*S  the segment-boundary states       m*G*S  one layer's candidate copies
+             m*G*K*L*D  the candidates' chunk, every layer  m*G*K*(D+T)  one block, the scores
+             + const
+    sample:  m*s*P*D (one segment, one block at a time)   m*G*L*S (the candidates' states)
+             m*G*T (scores)   + const
 
 and evaluated at the paper's setting (Mamba2-1.3B policy: D 2048, 48 layers, n 128; 512
 frames x 729 SigLIP-so400m tokens at 384 px; G 16, K 32; 24 questions per device; one
-question per micro-batch). Structural assumptions, all conservative: the per-element
-costs measured in float32 on CPU (transformers' torch Mamba2 path) also hold on a GPU in
-bf16 with the mamba-ssm kernels, which materialise less; costs that do not grow with the
-layer count are charged per layer. The static part is counted, not fitted: policy
-weights, gradients and AdamW states under DeepSpeed ZeRO-1 bf16 over 8 GPUs (bf16 weights
-and gradients, fp32 master weights, fp32 gradient partition and two moments sharded 8
-ways), the frozen SigLIP tower in bf16, the reference model (InternVL3-8B) in bf16 with a
-forward of ``reference_batch_size`` subsets, and 10 % allocator headroom.
+question per micro-batch; the segment length that minimises the peak). Assumptions, on the
+conservative side: the per-element costs measured in float32 on CPU (transformers' torch
+Mamba2 path, whose chunked scan materialises chunk x heads values per token; the ratio to D
+is the same at both sizes) also hold on a GPU in bf16 with the mamba-ssm kernels, which
+materialise less. The static part is counted, not fitted: policy weights, gradients and
+AdamW states under DeepSpeed ZeRO-1 bf16 over 8 GPUs (bf16 weights and gradients, fp32
+master weights, fp32 gradient partition and two moments sharded 8 ways; parameters counted
+on a meta-device build of the paper's policy), the frozen SigLIP tower in bf16, the
+reference model (InternVL3-8B) in bf16 scoring 4 subsets per forward (see
+:func:`reference_gb`), one segment's features moved to the GPU, and 10 % allocator headroom.
 
     python benchmarks/memory.py [--quick] [--threads 1]
 
@@ -47,12 +53,12 @@ import tempfile
 import weakref
 from pathlib import Path
 
-BASE = dict(B=4, G=8, T=64, P=4, K=8, m=1, s=16)
-D, LAYERS, STATE, HEAD, EXPAND, CONV = 64, 4, 16, 16, 2, 4  # reduced policy backbone
+BASE = dict(B=4, G=8, T=64, P=4, K=8, m=1, s=16, L=4)
+D, STATE, HEAD, EXPAND, CONV = 64, 16, 16, 2, 4  # reduced policy backbone (L layers varies)
 
 PAPER = dict(frames=512, tokens_per_frame=729, candidates=16, selection_size=32, d_model=2048,
              n_layers=48, state_size=128, head_dim=64, expand=2, conv_kernel=4,
-             questions_per_device=24, micro_batch_size=1, num_processes=8)
+             questions_per_device=24, micro_batch_size=1, num_processes=8, reference_batch_size=4)
 
 
 def state_elems(d: int, n: int, expand: int = 2, conv: int = 4, groups: int = 1) -> int:
@@ -68,14 +74,16 @@ def terms(c: dict, d: int, layers: int, state: int) -> dict[str, dict[str, float
     seg_tokens = s * c["P"]
     return {
         "replay": {
-            "segment": m * layers * seg_tokens * d,
+            "segment_layers": m * layers * seg_tokens * d,
+            "segment_block": m * seg_tokens * d,
             "boundaries": m * layers * math.ceil(c["T"] / s) * state,
-            "copies": m * c["G"] * layers * state,
-            "candidates": m * c["G"] * c["K"] * (layers * d + c["T"]),
+            "copies": m * c["G"] * state,
+            "candidates_layers": m * c["G"] * c["K"] * layers * d,
+            "candidates_block": m * c["G"] * c["K"] * (d + c["T"]),
             "const": 1.0,
         },
         "sample": {
-            "segment": m * seg_tokens * d,
+            "segment_block": m * seg_tokens * d,
             "copies": m * c["G"] * layers * state,
             "candidates": m * c["G"] * c["T"],
             "const": 1.0,
@@ -84,9 +92,9 @@ def terms(c: dict, d: int, layers: int, state: int) -> dict[str, dict[str, float
 
 
 def configurations(quick: bool) -> list[dict]:
-    vary = {"G": [4, 16], "T": [32, 128], "P": [1, 16], "K": [4, 16], "m": [2, 4], "B": [2, 8]}
+    vary = {"G": [4, 16], "T": [32, 128], "P": [1, 16], "K": [16], "m": [4], "B": [8], "L": [2, 8]}
     if quick:
-        vary = {"G": [16], "T": [128], "P": [16], "K": [16], "m": [4], "B": [8]}
+        vary = {"G": [16], "T": [128], "P": [16], "K": [16], "m": [4], "B": [8], "L": [8]}
     out = [dict(BASE)]
     for key, values in vary.items():
         out += [dict(BASE, **{key: v}) for v in values]
@@ -146,7 +154,7 @@ def measure(c: dict, workdir: Path, threads: int) -> dict:
     from refocus.data.questions import load_questions
     from refocus.data.synth import make_benchmark
     from refocus.reference import load_reference
-    from refocus.reference.small_model import save_untrained_small_reference
+    from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
     from refocus.training.config import GRPOConfig
     from refocus.training.trainer import GRPOTrainer
 
@@ -157,9 +165,10 @@ def measure(c: dict, workdir: Path, threads: int) -> dict:
     items = load_questions(bench / "qa.jsonl")
     ref_dir = workdir / "ref"
     if not (ref_dir / "config.json").is_file():
-        save_untrained_small_reference(ref_dir, items)
+        # 128 px frames: 4 x 4 = 16 tokens per frame, so P can go up to 16
+        save_untrained_small_reference(ref_dir, items, SmallReferenceConfig(image_size=128))
     policy = {"tokens_per_frame": c["P"], "head_dim": 16,
-              "backbone_config": {"hidden_size": D, "num_hidden_layers": LAYERS, "state_size": STATE,
+              "backbone_config": {"hidden_size": D, "num_hidden_layers": c["L"], "state_size": STATE,
                                   "head_dim": HEAD, "num_heads": EXPAND * D // HEAD, "expand": EXPAND}}
     cfg = GRPOConfig(num_generations=c["G"], per_device_train_batch_size=c["B"], selection_sizes=[c["K"]],
                      curriculum_starts=[0], max_steps=2, bf16=False, gradient_checkpointing=True,
@@ -218,20 +227,26 @@ def policy_parameters() -> tuple[int, int]:
     return trainable, frozen
 
 
-def reference_gb(batch: int = 16, frames: int = 32) -> float:
-    """InternVL3-8B (Qwen2.5-7B text model, InternViT-300M) in bf16 scoring ``batch`` subsets
-    of ``frames`` frames (256 tokens each) in one forward: weights + the widest per-layer
-    tensors alive together (hidden states x 4 + MLP activations x 3), no KV cache."""
+def reference_gb(batch: int, frames: int = 32) -> float:
+    """InternVL3-8B (Qwen2.5-7B text model: width 3584, MLP 18944; InternViT-300M at 448 px:
+    1,025 patch tokens of width 1024, 256 tokens per frame after pixel shuffle) in bf16,
+    scoring ``batch`` subsets of ``frames`` frames per forward (frame reuse: the union of a
+    question's 16 x 32 frames encoded once, ``batch`` x ``frames`` frames per vision
+    forward). Weights + the union's features + the larger of the vision forward and the
+    language forward, each counted as the widest tensors one layer holds at once (hidden x 4
+    + MLP x 3; no KV cache, last-position logits only)."""
     params = 7.6e9 + 0.3e9
     hidden, inter, seq = 3584, 18944, frames * 256 + 128
-    act = batch * seq * (4 * hidden + 3 * inter) * 2
-    return (params * 2 + act) / 2**30
+    language = batch * seq * (4 * hidden + 3 * inter) * 2
+    vision = batch * frames * 1025 * (4 * 1024 + 3 * 4096) * 2
+    union = 16 * frames * 256 * hidden * 2
+    return (params * 2 + union + max(language, vision)) / 2**30
 
 
 def project(coef: dict, segment_frames: int) -> dict[str, float]:
     p = PAPER
     c = dict(B=p["questions_per_device"], G=p["candidates"], T=p["frames"], P=p["tokens_per_frame"],
-             K=p["selection_size"], m=p["micro_batch_size"], s=segment_frames)
+             K=p["selection_size"], m=p["micro_batch_size"], s=segment_frames, L=p["n_layers"])
     state = state_elems(p["d_model"], p["state_size"], p["expand"], p["conv_kernel"])
     t = terms(c, p["d_model"], p["n_layers"], state)
     phases = {name: sum(coef[name]["bytes_per_element"][k] * v for k, v in t[name].items()) / 2**30
@@ -240,7 +255,7 @@ def project(coef: dict, segment_frames: int) -> dict[str, float]:
     n = p["num_processes"]
     static = (trainable * (2 + 2 + (4 + 4 + 8) / n) + frozen * 2) / 2**30
     features = c["m"] * segment_frames * p["tokens_per_frame"] * 1152 * 2 / 2**30  # bf16, per segment
-    reference = reference_gb()
+    reference = reference_gb(p["reference_batch_size"])
     peak = 1.10 * (static + reference + features + max(phases.values()))
     return {"peak_gb": peak, "static_gb": static, "reference_gb": reference, "features_gb": features,
             "replay_gb": phases["replay"], "sample_gb": phases["sample"],
@@ -260,9 +275,9 @@ def main() -> None:
         os.environ.setdefault("REFOCUS_CACHE_DIR", str(tmp / "cache"))
         for c in configurations(args.quick):
             peaks = measure(c, tmp, args.threads)
-            rows.append({"config": c, "peaks": peaks, "terms": terms(c, D, LAYERS, state)})
+            rows.append({"config": c, "peaks": peaks, "terms": terms(c, D, c["L"], state)})
             mb = {k: round(v / 2**20, 2) for k, v in peaks.items()}
-            print(f"B={c['B']:>2} G={c['G']:>2} T={c['T']:>3} P={c['P']:>2} K={c['K']:>2} m={c['m']} "
+            print(f"B={c['B']:>2} G={c['G']:>2} T={c['T']:>3} P={c['P']:>2} K={c['K']:>2} L={c['L']} m={c['m']} "
                   f"s={c['s']}: sample {mb['sample']:7.2f} MB  reward {mb['reward']:7.2f} MB  "
                   f"replay {mb['replay']:7.2f} MB", flush=True)
     coef = fit(rows)
@@ -282,7 +297,7 @@ def main() -> None:
           f"+ max(replay {best['replay_gb']:.1f}, sample {best['sample_gb']:.1f})) with "
           f"prefix_segment_frames={best['segment_frames']}")
     setting = dict(PAPER, prefix_segment_frames=best["segment_frames"], reference="InternVL3-8B bf16",
-                   reference_batch_size=16, optimizer="AdamW, DeepSpeed ZeRO-1 bf16 over 8 GPUs")
+                   optimizer="AdamW, DeepSpeed ZeRO-1 bf16 over 8 GPUs")
     print(json.dumps({
         "projected_peak_gb": round(best["peak_gb"], 2),
         "fits_80gb": bool(best["peak_gb"] < 80.0),

@@ -51,8 +51,12 @@ class PolicyReplayOutput(ModelOutput):
     """(B, G, K) entropy of each step's distribution over the still-available frames."""
 
 
-def _run_block(block, hidden: torch.Tensor, conv: torch.Tensor | None, ssm: torch.Tensor | None):
-    """One Mamba2 block over (N, S, D) from its layer's state; (output, conv state, ssm state)."""
+def _run_block(block, hidden: torch.Tensor, conv: torch.Tensor | None, ssm: torch.Tensor | None,
+               repeats: int = 1):
+    """One Mamba2 block over (N, S, D) from its layer's state (each entry copied ``repeats``
+    times first); (output, conv state, ssm state)."""
+    if conv is not None and repeats > 1:
+        conv, ssm = conv.repeat_interleave(repeats, dim=0), ssm.repeat_interleave(repeats, dim=0)
     layer, count = block.layer_idx, block.layer_idx + 1
     given = None if conv is None else RecurrentState([None] * layer + [conv], [None] * layer + [ssm])
     cache = StateCache(count, block.mixer.conv_kernel_size, given)
@@ -318,20 +322,23 @@ class FramePolicy(PreTrainedModel):
         return next(self.projector.parameters()).dtype
 
     def run_backbone(
-        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None
+        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None, repeats: int = 1
     ) -> tuple[torch.Tensor, RecurrentState]:
         """Backbone over (N, S, D) inputs continuing from ``state`` (None: from scratch).
 
         Returns the normed outputs (N, S, D) (the final RMSNorm is the norm before the heads)
-        and the state after the last token. Gradient checkpointing, when enabled with
-        transformers' ``gradient_checkpointing_enable()``, applies per block.
+        and the state after the last token. ``repeats``: ``state`` holds N / repeats
+        sequences, each continued by ``repeats`` consecutive inputs (the candidates of one
+        prefix); each layer's state is copied inside that layer's block, so under
+        checkpointing only one layer's copies exist at a time. Activation checkpointing, when
+        enabled with ``activation_checkpointing_enable()``, applies per block.
         """
         backbone = self.backbone
         checkpointed = self.is_activation_checkpointing and self.training and torch.is_grad_enabled()
         hidden, conv, ssm = inputs_embeds, [], []
         for i, block in enumerate(backbone.layers):
             args = (block, hidden, None if state is None else state.conv[i],
-                    None if state is None else state.ssm[i])
+                    None if state is None else state.ssm[i], repeats)
             hidden, c, h = self._block_checkpoint(_run_block, *args) if checkpointed else _run_block(*args)
             conv.append(c)
             ssm.append(h)

@@ -64,7 +64,7 @@ class FramePolicy(Protocol):
     def embed_prefix(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor: ...
 
     def run_backbone(
-        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None
+        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None, repeats: int = 1
     ) -> tuple[torch.Tensor, RecurrentState]: ...
 
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor: ...
@@ -493,7 +493,8 @@ def replay_logprobs(
         # A trailing dummy token cannot change earlier outputs (causal) and keeps the chunk
         # on the out-of-place path; transformers' single-token step updates state in place.
         inputs = torch.cat([inputs, torch.zeros_like(inputs)], dim=1)
-    hidden, _ = policy.run_backbone(inputs, prefix.state.repeat_interleave(g))  # (B*G, K, D)
+    # the state is copied to the G candidates inside each block, one layer at a time
+    hidden, _ = policy.run_backbone(inputs, prefix.state, repeats=g)  # (B*G, K, D)
     queries = policy.query_head(hidden[:, :k]).view(b, g, k, -1)
     logp = masked_log_softmax(policy.frame_logits(prefix.keys, queries), ~available, temperature)
     logprobs = logp.gather(-1, order.unsqueeze(-1)).squeeze(-1)
