@@ -186,8 +186,8 @@ class FrameClock:
     ``k / rate`` with the stream's nominal rate, as ``ffmpeg`` does; with no rate either,
     :class:`VideoError` is raised rather than returning one frame.
 
-    A ``pts``-mode frame whose pts is missing takes its dts, else the previous time plus one
-    frame; one whose pts goes backwards switches to ``dts`` mode when the dts are complete.
+    A ``pts``-mode frame whose pts is missing takes the previous time plus one frame (as
+    before); the decode loop drops a frame whose time is not after the previous one.
     """
 
     def __init__(self, info: VideoInfo) -> None:
@@ -198,7 +198,6 @@ class FrameClock:
         self.dts_complete = True  # every packet so far had a dts
         self.any_timestamp = False
         self.count = 0
-        self.last_pts: int | None = None
         self.last: float | None = None
 
     def packet(self, packet) -> None:
@@ -239,7 +238,7 @@ class FrameClock:
         pts = [f.pts for f in held]
         if not self.any_timestamp and all(p is None for p in pts):
             self.mode = "rate"
-        elif self.dts_complete and (None in pts or any(a >= b for a, b in itertools.pairwise(pts))):
+        elif self.dts_complete and None not in pts and any(a >= b for a, b in itertools.pairwise(pts)):
             self.mode = "dts"
         else:
             self.mode = "pts"
@@ -257,17 +256,10 @@ class FrameClock:
             if not step:
                 raise VideoError(path, "the stream has no timestamps and no frame rate")
             return self.count * step
-        pts = frame.pts
-        if self.mode == "pts" and pts is not None and self.last_pts is not None \
-                and pts <= self.last_pts and self.dts_complete and slot is not None:
-            self.mode = "dts"  # pts went backwards: they were invented
         if self.mode == "dts" and slot is not None and self.tb is not None:
             return float(slot * self.tb)
-        if pts is not None:
-            self.last_pts = pts
-        ts = pts if pts is not None else frame.dts
-        if ts is not None and self.tb is not None:
-            return float(ts * self.tb)
+        if frame.pts is not None and self.tb is not None:
+            return float(frame.pts * self.tb)
         if self.last is None:
             return 0.0
         return self.last + (step or 1e-3)
