@@ -4,7 +4,9 @@
 Steps (each cached under ``--out``, so a rerun resumes where it stopped):
 
 1. a training and a held-out ``multi`` split (different seeds);
-2. the small reference model, trained on the training split (the demo's stage sizes);
+2. the small reference model, trained on the training split plus a niah split (its first two
+   stages learn colours and shapes from niah needles); stages shorter than the demo's
+   (500 / 600 / 300 steps) so the whole benchmark fits about an hour on a shared 2-core machine;
 3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
 4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
    ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
@@ -39,20 +41,25 @@ def _cached(path: Path, build):
     return out
 
 
-def _data(args, root: Path) -> tuple[Path, Path]:
+def _data(args, root: Path) -> tuple[Path, Path, Path]:
+    """multi train / held-out splits, and a niah training split for the reference model."""
     from refocus.data.synth import make_benchmark
 
     lo, hi = (int(x) for x in args.frames.split(","))
     split = {}
-    for name, videos, seed in (("train", args.train_videos, args.seed), ("heldout", args.heldout_videos, args.seed + 1)):
-        d = root / f"multi-{name}"
+    for kind, name, videos, seed in (("multi", "train", args.train_videos, args.seed),
+                                     ("multi", "heldout", args.heldout_videos, args.seed + 1),
+                                     ("niah", "train", args.niah_videos, args.seed + 2)):
+        d = root / f"{kind}-{name}"
         if not (d / "qa.jsonl").is_file():
-            make_benchmark("multi", d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
-        split[name] = d / "qa.jsonl"
-    return split["train"], split["heldout"]
+            make_benchmark(kind, d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
+        split[f"{kind}-{name}"] = d / "qa.jsonl"
+    return split["multi-train"], split["multi-heldout"], split["niah-train"]
 
 
-def _reference(args, root: Path, train_qa: Path) -> Path:
+def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
+    """The small reference model on niah + multi: its word-frame and vision stages need the
+    niah needles (what a colour / shape looks like), its joint stage answers both."""
     from refocus.data.questions import load_questions
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
@@ -60,7 +67,7 @@ def _reference(args, root: Path, train_qa: Path) -> Path:
     if not (ref / "reference_train.json").is_file():
         cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
                                         steps=args.joint_steps)
-        train_small_reference(load_questions(train_qa), ref, cfg, progress=True)
+        train_small_reference(load_questions(train_qa) + load_questions(niah_qa), ref, cfg, progress=True)
     return ref
 
 
@@ -178,13 +185,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("runs/bench-ktr"))
     p.add_argument("--train-videos", type=int, default=240)
     p.add_argument("--heldout-videos", type=int, default=90)
+    p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
     p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
-    p.add_argument("--align-steps", type=int, default=1200)
-    p.add_argument("--vision-steps", type=int, default=1000)
+    p.add_argument("--align-steps", type=int, default=500)
+    p.add_argument("--vision-steps", type=int, default=600)
     p.add_argument("--joint-steps", type=int, default=300)
-    p.add_argument("--policy-steps", type=int, default=60)
+    p.add_argument("--policy-steps", type=int, default=40)
     p.add_argument("--sft-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=100, help="GRPO and KTR steps (equal)")
+    p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
     p.add_argument("--config", default=None, help="answerer RL config (default configs/answerer_tiny.yaml)")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate (both methods)")
     p.add_argument("--seeds", default="0,1")
@@ -205,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train_qa, heldout_qa = _data(args, root)
-    ref = _reference(args, root, train_qa)
+    train_qa, heldout_qa, niah_qa = _data(args, root)
+    ref = _reference(args, root, train_qa, niah_qa)
     policy = _policy(args, root, train_qa, ref)
     evals: dict = {}
     attribution: dict = {}
