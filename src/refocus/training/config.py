@@ -145,6 +145,22 @@ class GRPOConfig(TrainerConfig):
     """'sequence': one length-normalised ratio per subset (the subset is one atomic action, §3.2);
     'token': one ratio per selection step."""
 
+    # ---- memory (none of these change the result beyond floating-point error) ------------
+    micro_batch_size: int | None = None
+    """Questions per sampling / replay micro-batch (gradients are accumulated, see
+    ``training/replay.py``); None: the whole per-device batch at once. Bounds the
+    recurrent-state copies (micro-batch x G) and the backward's activations."""
+    prefix_segment_frames: int | None = None
+    """Run each prefix in segments of this many frames, checkpointed along the sequence when
+    ``gradient_checkpointing`` is on (``policy/prefix.py``); None: one pass."""
+    feature_cache_gb: float = 16.0
+    """Host-memory cap of the frozen-encoder features kept between steps (on the CPU, in the
+    training dtype: bfloat16 under ``bf16``); moved to the device per micro-batch."""
+    frame_cache_gb: float = 4.0
+    """Host-memory cap of decoded frames kept between steps (the reference model's size)."""
+    frame_disk_cache: bool = True
+    """Use the on-disk frame cache of ``refocus.video`` (False: always decode)."""
+
     # ---- data ----------------------------------------------------------------------------
     fps: float = 4.0
     """Decoding rate (paper B.1: min(4 fps, 512 frames))."""
@@ -157,6 +173,7 @@ class GRPOConfig(TrainerConfig):
 
     RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = (
         *TrainerConfig.RESUME_FREE_FIELDS, "reference_batch_size", "max_consecutive_nonfinite",
+        "micro_batch_size", "prefix_segment_frames", "feature_cache_gb", "frame_cache_gb", "frame_disk_cache",
     )
 
     def __post_init__(self) -> None:
@@ -205,6 +222,12 @@ class GRPOConfig(TrainerConfig):
             self.epsilon_high = self.epsilon
         if self.num_iterations < 1:
             raise ConfigError("num_iterations must be >= 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError("micro_batch_size must be >= 1 or null")
+        if self.prefix_segment_frames is not None and self.prefix_segment_frames < 1:
+            raise ConfigError("prefix_segment_frames must be >= 1 or null")
+        if self.feature_cache_gb < 0 or self.frame_cache_gb < 0:
+            raise ConfigError("feature_cache_gb and frame_cache_gb must be >= 0")
 
     def shortened(self, max_steps: int) -> GRPOConfig:
         """The same run cut to ``max_steps`` (a smoke run): curriculum stages that would start

@@ -127,12 +127,12 @@ class PolicyTrainer:
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
         self.policy, self.tokenizer = build_policy(cfg, reference)
         if cfg.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            self.policy.activation_checkpointing_enable()
         self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.generator = torch.Generator().manual_seed(self.generator_seed())
         self.frames = frames
-        self.features = FeatureStore(self.policy, frames)
+        self.features = self.feature_store(frames)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.accelerator.is_main_process)
         self.step = 0
         self.skipped: dict[str, str] = {}
@@ -143,6 +143,10 @@ class PolicyTrainer:
     def generator_seed(self) -> int:
         """Seed of this rank's sampling generator."""
         return self.cfg.seed * 1000 + self.rank
+
+    def feature_store(self, frames: FrameStore) -> FeatureStore:
+        """Where the frozen features of the videos are kept between steps."""
+        return FeatureStore(self.policy, frames)
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on :meth:`batch_indices` of ``self.step``; returns its metrics."""

@@ -27,9 +27,10 @@ from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
+from refocus.training import replay as replay_lib
 from refocus.training.config import GRPOConfig
 from refocus.training.core import PolicyTrainer
-from refocus.video.stores import FrameStore
+from refocus.video.stores import FeatureStore, FrameStore
 
 
 class TrainingDiverged(RefocusError):
@@ -75,8 +76,15 @@ class GRPOTrainer(PolicyTrainer):
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.reference_calls = 0
-        super().__init__(cfg, items, reference, out_dir, frames=FrameStore(cfg.fps, cfg.max_frames),
-                         resume=resume, progress=progress)
+        frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
+                            disk_cache=cfg.frame_disk_cache)
+        super().__init__(cfg, items, reference, out_dir, frames=frames, resume=resume, progress=progress)
+        self.policy.prefix_segment_frames = cfg.prefix_segment_frames
+
+    def feature_store(self, frames: FrameStore) -> FeatureStore:
+        cfg = self.cfg
+        return FeatureStore(self.policy, frames, capacity=None, max_gb=cfg.feature_cache_gb,
+                            device="cpu", dtype=torch.bfloat16 if cfg.bf16 else None)
 
     @property
     def sampler_rng(self) -> torch.Generator:
@@ -145,7 +153,7 @@ class GRPOTrainer(PolicyTrainer):
                 continue
             batch.items.append(item)
             batch.features.append(feats)
-            batch.question_ids.append(tokenize_question(self.tokenizer, item))
+            batch.question_ids.append(tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind))
             batch.reference_frames.append(ref_frames)
         return batch
 
@@ -168,8 +176,9 @@ class GRPOTrainer(PolicyTrainer):
         policy = self.unwrapped
         policy.eval()
         with torch.no_grad(), self.autocast():
-            return policy.select(batch.features, batch.question_ids, k=k, num_candidates=self.cfg.num_generations,
-                                 mode="sample", temperature=self.cfg.temperature, generator=self.generator)
+            return replay_lib.sample_candidates(policy, batch.features, batch.question_ids, k,
+                                                self.cfg.num_generations, self.cfg.micro_batch_size,
+                                                self.cfg.temperature, self.generator)
 
     def rewards(self, batch: _Batch, out) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """Step 3: margin rewards (B, G), correctness (B, G) and the mean temporal entropy per question."""
@@ -190,21 +199,27 @@ class GRPOTrainer(PolicyTrainer):
         self.unwrapped.train()
         old_logp = out.logprobs.float()  # (B, G, K)
         stats: dict[str, float] = {}
-        for _ in range(cfg.num_iterations):
-            with self.autocast():
-                replay = self.model(batch.features, batch.question_ids, out.order, temperature=cfg.temperature)
-            logp, ent = replay.logprobs.float(), replay.entropies.float()
-            loss, stats = grpo_math.grpo_loss(
-                logp, old_logp, advantages.to(logp.device), ent,
+
+        def loss_fn(logp, ent, part):  # the GRPO loss of one micro-batch of questions
+            return grpo_math.grpo_loss(
+                logp, old_logp[part].to(logp.device), advantages[part].to(logp.device), ent,
                 level=cfg.importance_sampling_level, epsilon=cfg.epsilon,
                 epsilon_high=cfg.epsilon_high, entropy_coef=cfg.entropy_coef, beta=cfg.beta,
             )
-            stats["approx_kl"] = grpo_math.approx_kl(logp.detach(), old_logp)
-            stats["select_entropy"] = float(ent.detach().mean())
-            if not self._finite(loss):
-                break
+
+        for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
+            replayed = replay_lib.accumulate_replay(
+                self.accelerator, self.model, batch.features, batch.question_ids, out.order, loss_fn,
+                cfg.micro_batch_size, cfg.temperature, self.autocast,
+            )
+            stats = dict(replayed.stats)
+            stats["loss"] = replayed.loss
+            stats["select_entropy"] = float(replayed.entropies.mean())
+            if replayed.finite:
+                stats["approx_kl"] = grpo_math.approx_kl(replayed.logprobs, old_logp.to(replayed.logprobs.device))
+            if not self._finite(torch.tensor(replayed.loss)):
+                break
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             stats["grad_norm"] = float(grad_norm)
