@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from refocus.distributed import add_device_arguments
+
 EPILOG = """\
 output layout:
   DIR/results.json           one budget: that budget's results object; several budgets:
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "greedy) and score the parsed letter beside the option-logit answer")
     p.add_argument("--max-new-tokens", type=int, default=768,
                    help="token budget of a generated answer (default 768, Video-KTR's)")
+    add_device_arguments(p, "the answerer and a policy selector")
     p.set_defaults(func=run)
 
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
     from refocus.data.questions import load_questions
+    from refocus.distributed import is_main_process, processes_note
     from refocus.errors import RefocusError
     from refocus.evaluation import evaluate, summary_line, write_evaluation
     from refocus.selectors import get_selector
@@ -85,12 +89,14 @@ def run(args: argparse.Namespace) -> int:
         raise RefocusError(f"--seeds must be >= 1, got {args.seeds}")
     errors: list = []
     items = load_questions(resolve_question_file(args.data), errors=errors)
-    selector = get_selector(args.selector, seed=args.seed, mode=args.mode)
+    selector = get_selector(args.selector, seed=args.seed, mode=args.mode, device=args.device,
+                            dtype=args.dtype)
     answerer = None
     if args.answerer.lower() != "none":
         from refocus.reference import load_reference
 
-        answerer = load_reference(args.answerer, batch_size=args.batch_size)
+        answerer = load_reference(args.answerer, device=args.device, dtype=args.dtype,
+                                  batch_size=args.batch_size)
     store = FrameStore(args.fps, args.max_frames, capacity=8)
     seeds = list(range(args.seed, args.seed + args.seeds))
     generate = None
@@ -105,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
     result["skipped"][:0] = invalid
     for res in result["budgets"].values():
         res["skipped"] = list(result["skipped"])
+    if not is_main_process():  # every process holds the merged result; one writes it
+        return 0
     write_evaluation(result, args.out)
     if not result["predictions"]:
         first = result["skipped"][0]["reason"] if result["skipped"] else "no items"
         raise RefocusError(f"no item could be evaluated (first reason: {first}); see {args.out}/results.json")
-    summary(summary_line(result, args.out))
+    summary(summary_line(result) + f"{processes_note()} -> {args.out}")
     return 0

@@ -121,7 +121,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from refocus.reference.reward import margin_rewards
+    from refocus.distributed import gather_in_order, is_main_process, shard
     from refocus.video.stores import FrameStore
 
     budgets = check_budgets(budgets)
@@ -136,41 +136,28 @@ def evaluate(
 
         writer = Answerer.from_adapter(answerer)
 
+    records: list[tuple[int, dict]] = []
+    n_correct = n_scored = 0
+    mine = shard(items)  # under accelerate launch: every N-th item; merged back in order below
+    bar = tqdm(mine, desc=f"eval {selector.name}", unit="item", disable=not (progress and is_main_process()))
+    for index, item in bar:
+        record = _evaluate_item(item, answerer, selector, store, budgets, run_seeds, select_size,
+                                answer_size, prepare, writer, generate)
+        records.append((index, record))
+        if answerer is not None and "rows" in record:
+            n_correct += sum(bool(r["correct"]) for r in record["rows"])
+            n_scored += len(record["rows"])
+            bar.set_postfix(acc=f"{n_correct / n_scored:.3f}", refresh=False)
     rows: list[dict] = []
     skipped: list[dict] = []
     seconds: dict[int, list[float]] = {k: [] for k in budgets}
-    n_correct = n_scored = 0
-    bar = tqdm(items, desc=f"eval {selector.name}", unit="item", disable=not progress)
-    for item in bar:
-        try:
-            picked = _select_item(item, selector, store, budgets, run_seeds, select_size, answer_size, prepare)
-            frames, selections, prep_seconds = picked
-            logits = None
-            if answerer is not None:
-                unique = list(dict.fromkeys(tuple(s[0]) for s in selections.values()))
-                scored = answerer.option_logits(item, frames.frames, [list(u) for u in unique])  # (G, O)
-                logits = {u: np.asarray(scored[g], dtype=np.float64) for g, u in enumerate(unique)}
-                if writer is not None:
-                    texts = {u: writer.generate(item, [frames.frames[i] for i in u], generate).texts[0] for u in unique}
-        except RefocusError as exc:
-            skipped.append({"id": item.id, "reason": " ".join(str(exc).split())})
+    for record in gather_in_order(records):
+        if "skipped" in record:
+            skipped.append(record["skipped"])
             continue
-        mask = evidence_frame_mask(frames.timestamps, item.evidence)
-        spans = evidence_spans_frames(frames.timestamps, item.evidence)
+        rows += record["rows"]
         for k in budgets:
-            per_seed = []
-            for seed in run_seeds:
-                indices, took = selections[(k, seed)]
-                per_seed.append(took)
-                rows.append(_row(item, k, seed, indices, frames.timestamps, (mask, spans),
-                                 None if logits is None else logits[tuple(indices)], margin_rewards))
-                if writer is not None:
-                    rows[-1].update(_generated(texts[tuple(indices)], item.answer))
-            seconds[k].append(prep_seconds + float(np.mean(per_seed)))
-        if answerer is not None:
-            n_correct += sum(bool(r["correct"]) for r in rows[-len(budgets) * len(run_seeds):])
-            n_scored += len(budgets) * len(run_seeds)
-            bar.set_postfix(acc=f"{n_correct / n_scored:.3f}", skipped=len(skipped), refresh=False)
+            seconds[k].append(record["seconds"][k])
 
     mode = getattr(selector, "mode", None)
     answerer_name = None if answerer is None else getattr(answerer, "name", type(answerer).__name__)
@@ -183,6 +170,39 @@ def evaluate(
     }
     return {"selector": selector.name, "mode": mode, "answerer": answerer_name, "budgets": results,
             "predictions": rows, "skipped": skipped}
+
+
+def _evaluate_item(item, answerer, selector, store, budgets, run_seeds, select_size, answer_size,
+                   prepare, writer, generate) -> dict:
+    """One item: ``{"rows": [...], "seconds": {K: s}}``, or ``{"skipped": {"id", "reason"}}``."""
+    from refocus.reference.reward import margin_rewards
+
+    try:
+        frames, selections, prep_seconds = _select_item(
+            item, selector, store, budgets, run_seeds, select_size, answer_size, prepare)
+        logits = None
+        if answerer is not None:
+            unique = list(dict.fromkeys(tuple(s[0]) for s in selections.values()))
+            scored = answerer.option_logits(item, frames.frames, [list(u) for u in unique])  # (G, O)
+            logits = {u: np.asarray(scored[g], dtype=np.float64) for g, u in enumerate(unique)}
+            if writer is not None:
+                texts = {u: writer.generate(item, [frames.frames[i] for i in u], generate).texts[0] for u in unique}
+    except RefocusError as exc:
+        return {"skipped": {"id": item.id, "reason": " ".join(str(exc).split())}}
+    mask = evidence_frame_mask(frames.timestamps, item.evidence)
+    spans = evidence_spans_frames(frames.timestamps, item.evidence)
+    rows, seconds = [], {}
+    for k in budgets:
+        per_seed = []
+        for seed in run_seeds:
+            indices, took = selections[(k, seed)]
+            per_seed.append(took)
+            rows.append(_row(item, k, seed, indices, frames.timestamps, (mask, spans),
+                             None if logits is None else logits[tuple(indices)], margin_rewards))
+            if writer is not None:
+                rows[-1].update(_generated(texts[tuple(indices)], item.answer))
+        seconds[k] = prep_seconds + float(np.mean(per_seed))
+    return {"rows": rows, "seconds": seconds}
 
 
 def _select_item(item, selector, store, budgets, run_seeds, select_size, answer_size, prepare):
