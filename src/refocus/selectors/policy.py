@@ -81,9 +81,8 @@ class PolicySelector:
         self.deterministic = mode == "greedy"
         self._features: OrderedDict[tuple, Any] = OrderedDict()
         self._capacity = max(1, int(feature_cache))
-        config = policy.config
-        size = getattr(config, "image_size", None)
-        self.image_size: int | None = int(size if size is not None else config.vision_config["image_size"])
+        # frames are decoded at the saved policy's size, the size training decoded them at
+        self.image_size: int | None = int(policy.config.image_size)
 
     @classmethod
     def from_dir(cls, path: str | Path, *, device: str | None = None, **kwargs: Any) -> PolicySelector:
@@ -158,7 +157,7 @@ class PolicySelector:
         from refocus.policy import tokenize_question
 
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, self.policy.config.prompt_template)
         generator = None if self.mode == "greedy" else self._generator(item)
         out = self.policy.select(
             [feats], [ids], k=budget, num_candidates=1, mode=self.mode,
@@ -179,7 +178,7 @@ class PolicySelector:
 
         num_frames = check_budget(video, budget)
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, self.policy.config.prompt_template)
         out = self.policy.select(
             [feats], [ids], k=min(budget, num_frames), num_candidates=num_samples or self.num_samples,
             mode="distribution", temperature=self.temperature, generator=self._generator(item),

@@ -90,7 +90,7 @@ class VoyagerSelector(PolicySelector):
         if num_frames <= budget:
             return list(range(num_frames))
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, self.policy.config.prompt_template)
         return best_combination(self.policy, feats, ids, budget, self.scoring)
 
     def selection_distribution(self, video: VideoFrames, item: Any, budget: int,

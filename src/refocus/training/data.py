@@ -60,7 +60,7 @@ class FeatureStore:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        decoded = self.frames.get(item, int(self.policy.config.vision_config["image_size"]))
+        decoded = self.frames.get(item, int(self.policy.config.image_size))  # the saved policy's size
         with torch.no_grad():
             feats = self.policy.encode_frames(decoded.frames)  # (T, P, Dv)
         self._cache[key] = feats

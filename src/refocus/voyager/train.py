@@ -194,7 +194,7 @@ class VoyagerTrainer:
                 continue
             c, lo, v = self._draw(q)
             feats.append(f)
-            qids.append(tokenize_question(self.tokenizer, self.items[q]))
+            qids.append(tokenize_question(self.tokenizer, self.items[q], self.policy.config.prompt_template))
             combos.append(c)
             losses.append(lo)
             valid.append(v)
