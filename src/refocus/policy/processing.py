@@ -38,6 +38,10 @@ def build_question_text(item: _HasQuestion) -> str:
     return "\n".join(lines)
 
 
+BLIND_QUESTION = "Select the frames."
+"""What a question-blind policy (``FramePolicyConfig.question_blind``) reads for every item."""
+
+
 @dataclass(frozen=True)
 class PromptIds:
     """Token ids of one question's prompt: ``before`` (L0,) the frames (may be empty), ``after`` (L,)."""
@@ -49,28 +53,37 @@ class PromptIds:
 def split_prompt(template: str, question_text: str) -> tuple[str, str]:
     """The prompt text before and after the frames, with the question put in.
 
-    >>> split_prompt("<s>{frames}\\n{question}</s>", "Q?")
-    ('<s>', '\\nQ?</s>')
+    >>> split_prompt("<s>{frames}-{question}</s>", "Q?")
+    ('<s>', '-Q?</s>')
     """
     before, after = template.split("{frames}", 1)
     return before, after.replace("{question}", question_text, 1)
 
 
-def tokenize_question(tokenizer: Any, item: _HasQuestion | str, template: str | None = None) -> PromptIds:
+def tokenize_question(
+    tokenizer: Any, item: _HasQuestion | str, template: str | None = None, *, blind: bool = False
+) -> PromptIds:
     """Prompt token ids of one question (an item, or an already built question text).
 
     ``template``: the policy's ``config.prompt_template`` (None: the paper's B.6.2 prompt). Each
     text part is tokenised without added special tokens: the template spells out its own
-    (``<|endoftext|>`` is the GPT-NeoX tokenizer's end-of-text token, which Mamba2 checkpoints use).
+    (``<|endoftext|>`` is the GPT-NeoX tokenizer's end-of-text token, which Mamba2 checkpoints
+    use). ``blind``: :data:`BLIND_QUESTION` in place of every item's question (pass the
+    policy's ``config.question_blind``). :func:`policy_prompt` passes both from a config.
     """
     from refocus.policy.configuration import PAPER_PROMPT
 
-    question = item if isinstance(item, str) else build_question_text(item)
+    question = BLIND_QUESTION if blind else item if isinstance(item, str) else build_question_text(item)
     before, after = split_prompt(PAPER_PROMPT if template is None else template, question)
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in (before, after)]
     if len(ids[1]) == 0:
         raise ValueError(f"the prompt text after the frames {after!r} tokenises to no tokens")
     return PromptIds(torch.tensor(ids[0], dtype=torch.long), torch.tensor(ids[1], dtype=torch.long))
+
+
+def policy_prompt(config: Any, tokenizer: Any, item: _HasQuestion | str) -> PromptIds:
+    """The prompt ids a policy with ``config`` reads for ``item`` (its template, blind or not)."""
+    return tokenize_question(tokenizer, item, config.prompt_template, blind=bool(config.question_blind))
 
 
 def preprocess_frames(

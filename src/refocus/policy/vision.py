@@ -154,7 +154,9 @@ def build_tower(model_type: str, vision_config: dict[str, Any], feature_layer: i
     fam = family(model_type)
     config = make_config(model_type, vision_config)
     if model_type == "qwen2_5_vl_vision":
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            Qwen2_5_VisionTransformerPretrainedModel,
+        )
 
         tower = Qwen2_5_VisionTransformerPretrainedModel(config)
     else:
