@@ -215,7 +215,7 @@ def policy_parameters() -> tuple[int, int]:
 
     from refocus.policy import FramePolicy, FramePolicyConfig
 
-    siglip = {"model_type": "siglip_vision_model", "image_size": 384, "patch_size": 14, "hidden_size": 1152,
+    siglip = {"model_type": "siglip_vision_model", "image_size": 378, "patch_size": 14, "hidden_size": 1152,
               "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
               "vision_use_head": False}
     mamba = {"hidden_size": 2048, "num_hidden_layers": 48, "state_size": 128, "head_dim": 64,
