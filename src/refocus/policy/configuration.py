@@ -9,7 +9,7 @@ a laptop CPU; the paper's scale is reached by overriding ``vision_config`` (a Si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from transformers import PreTrainedConfig
 
@@ -113,9 +113,10 @@ class FramePolicyConfig(PreTrainedConfig):
     ``None`` keeps all. A departure from the paper for CPU runs: the prefix has T * P tokens
     (512 frames x 16 tokens = 8,192), and pooling to 4 makes it 2,048. Square token grids are
     pooled in 2-D, others (e.g. CLIP's CLS + grid) in 1-D."""
-    projector_type: Literal["mlp", "linear"] = "mlp"
-    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style)
-    or "linear"."""
+    projector_type: str = "mlp"
+    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style),
+    "linear", or LLaVA's "mlpNx_gelu" (N Linear layers with GELU between; the authors'
+    ``mm_projector_type``). See :mod:`refocus.policy.heads`."""
     backbone_config: dict | None = None
     """Config values of the `transformers.Mamba2Config` backbone (merged over the defaults)."""
     head_dim: int = 64
@@ -139,6 +140,18 @@ class FramePolicyConfig(PreTrainedConfig):
     freeze_vision: bool = True
     """Keep the vision encoder frozen (no gradients, eval mode); the paper trains only the
     projector, backbone and heads."""
+    logit_scale_fn: str = "identity"
+    """How the learned scale s enters the scores: "identity" (Algorithm 2's s), "softplus" or
+    "exp" of s (the authors' ``logit_scale_fn``, default softplus; ``refocus policy
+    import-official`` sets it from their checkpoint). ``logit_scale_init`` is the value of the
+    resulting multiplier."""
+    attention_scaling: bool = True
+    """Divide the scores by sqrt(d) (Algorithm 2's scaled dot product). The authors' code does
+    so only when their ``attention_scaling`` is set (their default: false)."""
+    start_of_frame_token_id: int | None = None
+    """None: ``<start_of_frame>`` is a parameter of its own (``start_embedding``). An id: it is
+    that row of the backbone's embedding table (the authors' ``start_of_frame_token_id``), so
+    it is trained and saved with the embeddings."""
 
     def __post_init__(self, **kwargs):
         self.vision_config, vision_type = _merge(
@@ -167,9 +180,15 @@ class FramePolicyConfig(PreTrainedConfig):
             raise ConfigError("image_mean and image_std need 3 values each, and std must be > 0")
         if self.tokens_per_frame is not None and self.tokens_per_frame < 1:
             raise ConfigError(f"tokens_per_frame must be >= 1 or None, got {self.tokens_per_frame}")
-        if self.projector_type not in ("mlp", "linear"):
+        from refocus.policy.heads import check_logit_scale_fn, projector_depth
+
+        projector_depth(self.projector_type)
+        check_logit_scale_fn(self.logit_scale_fn)
+        vocab = int(self.backbone_config["vocab_size"])
+        if self.start_of_frame_token_id is not None and not 0 <= self.start_of_frame_token_id < vocab:
             raise ConfigError(
-                f"projector_type must be 'mlp' or 'linear', got {self.projector_type!r}"
+                f"start_of_frame_token_id={self.start_of_frame_token_id} is outside the backbone "
+                f"vocabulary (0..{vocab - 1})"
             )
         if self.head_dim < 1:
             raise ConfigError(f"head_dim must be >= 1, got {self.head_dim}")

@@ -1,0 +1,433 @@
+"""`refocus policy import-official`: the authors' released layout -> a refocus policy.
+
+The checkpoint is written here in the layout of the authors' public code (github
+interlive-team/ReFoCUS): ``RefocusForFrameSelection`` = mamba_ssm's ``MambaLMHeadModel``
+(``backbone.embedding``, ``backbone.layers.N.{norm,mixer.*}``, ``backbone.norm_f``, tied
+``lm_head``) + LLaVA's ``mm_model`` (SigLIP tower with its last encoder layer deleted, the
+``mm_projector``) + ``key_head`` / ``query_head`` / ``value_head`` / ``logit_scale``; config
+fields as in ``RefocusConfig``, mamba_ssm's ``MambaConfig`` and LLaVA's ``mm_*`` fields; values
+random. The reference computation below is written from those tensors following their forward
+(``prepare_inputs_labels_for_multimodal``, ``get_2dPool``, mamba_ssm's ``Block`` / ``Mamba2``,
+``RefocusForFrameSelection.forward``), independently of refocus and of transformers' Mamba2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+PROMPT = (
+    "<|system|>You are a helpful AI assistant.<|endoftext|><|user|><image>\n{question}<|endoftext|>"
+)
+D_MODEL, N_LAYER, VOCAB = 32, 3, 250  # vocab padded to 256 by pad_vocab_size_multiple = 8
+SSM = {"layer": "Mamba2", "d_state": 8, "headdim": 8, "expand": 2, "ngroups": 2, "d_conv": 4}
+TOWER = {  # the tower's own config (their code loads it, then deletes the last encoder layer)
+    "model_type": "siglip_vision_model",
+    "hidden_size": 24,
+    "intermediate_size": 40,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_channels": 3,
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+}
+SOF_ID = 253  # a padding row of the embedding table, as `<|startofframe|>` can be
+TOWER_PREFIX = "mm_model.vision_tower.vision_tower.vision_model."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ the authors' layout
+
+
+def gpt_neox_style_tokenizer(out: Path) -> Path:
+    """A tiny byte-level BPE saved as transformers' GPTNeoXTokenizer (`<|endoftext|>` = 0,
+    `<|padding|>` = 1, as in EleutherAI/gpt-neox-20b), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPTNeoXTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=200,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = ["You are a helpful AI assistant.", "<|system|> <|user|>", "What color is the square?"]
+    tok.train_from_iterator(corpus * 4 + ["A. red\nB. blue\nC. green"] * 4, trainer=trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    GPTNeoXTokenizer(vocab=state["vocab"], merges=merges).save_pretrained(out)
+    return out
+
+
+def authors_config(tower_dir: Path, **overrides) -> dict:
+    config = {
+        # RefocusConfig / PretrainedConfig
+        "architectures": ["RefocusForFrameSelection"],
+        "model_type": "refocus",
+        "query_frames": 64,
+        "frame_generation_method": "autoregressive",
+        "start_of_frame_token_id": SOF_ID,
+        "logit_scale_fn": "softplus",
+        "logit_scale_init": 1.0,
+        "attention_scaling": False,
+        "reinit_backbone_layers": 1,
+        "mixer_norm_rescale": 0.1,
+        "torch_dtype": "bfloat16",
+        # mamba_ssm MambaConfig
+        "d_model": D_MODEL,
+        "d_intermediate": 0,
+        "n_layer": N_LAYER,
+        "vocab_size": VOCAB,
+        "ssm_cfg": dict(SSM),
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 8,
+        "tie_embeddings": True,
+        # LLaVA multimodal fields
+        "mm_vision_tower": str(tower_dir),
+        "mm_hidden_size": TOWER["hidden_size"],
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_patch_merge_type": "flat",
+        "mm_spatial_pool_mode": "average",
+        "mm_spatial_pool_stride": 2,
+        "use_mm_proj": True,
+    }
+    config.update(overrides)
+    return config
+
+
+def _projector_shapes(kind: str, vision: int, width: int) -> dict[str, tuple[int, ...]]:
+    if kind == "linear":
+        return {"weight": (width, vision), "bias": (width,)}
+    depth = int(kind[3 : kind.index("x")])  # mlpNx_gelu: Linear, (GELU, Linear) * (N - 1)
+    shapes = {"0.weight": (width, vision), "0.bias": (width,)}
+    for j in range(1, depth):
+        shapes |= {f"{2 * j}.weight": (width, width), f"{2 * j}.bias": (width,)}
+    return shapes
+
+
+def authors_tensors(config: dict, seed: int = 0, rank_head: bool = False) -> dict[str, torch.Tensor]:
+    """Random tensors named and shaped as the authors' state dict (the tower already one
+    layer short; `position_ids` is a non-persistent buffer, so absent)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.2, mean=0.0):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    t: dict[str, torch.Tensor] = {}
+    d, dv, di = D_MODEL, TOWER["hidden_size"], TOWER["intermediate_size"]
+    patch, side = TOWER["patch_size"], TOWER["image_size"] // TOWER["patch_size"]
+    t[TOWER_PREFIX + "embeddings.patch_embedding.weight"] = rnd(dv, 3, patch, patch, std=0.05)
+    t[TOWER_PREFIX + "embeddings.patch_embedding.bias"] = rnd(dv)
+    t[TOWER_PREFIX + "embeddings.position_embedding.weight"] = rnd(side * side, dv)
+    for i in range(TOWER["num_hidden_layers"] - 1):
+        p = f"{TOWER_PREFIX}encoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            t[f"{p}self_attn.{name}.weight"] = rnd(dv, dv)
+            t[f"{p}self_attn.{name}.bias"] = rnd(dv, std=0.05)
+        for ln in ("layer_norm1", "layer_norm2"):
+            t[f"{p}{ln}.weight"] = rnd(dv, std=0.1, mean=1.0)
+            t[f"{p}{ln}.bias"] = rnd(dv, std=0.1)
+        t[f"{p}mlp.fc1.weight"], t[f"{p}mlp.fc1.bias"] = rnd(di, dv), rnd(di, std=0.05)
+        t[f"{p}mlp.fc2.weight"], t[f"{p}mlp.fc2.bias"] = rnd(dv, di), rnd(dv, std=0.05)
+    t[TOWER_PREFIX + "post_layernorm.weight"] = rnd(dv, std=0.1, mean=1.0)
+    t[TOWER_PREFIX + "post_layernorm.bias"] = rnd(dv, std=0.1)
+    for key, shape in _projector_shapes(config["mm_projector_type"], dv, d).items():
+        t["mm_model.mm_projector." + key] = rnd(*shape, std=0.3)
+
+    ssm = config["ssm_cfg"]
+    d_inner = ssm["expand"] * d
+    heads, groups, n = d_inner // ssm["headdim"], ssm["ngroups"], ssm["d_state"]
+    conv_dim = d_inner + 2 * groups * n
+    rows = math.ceil(VOCAB / 8) * 8
+    t["backbone.embedding.weight"] = rnd(rows, d, std=0.5)
+    for i in range(N_LAYER):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = rnd(d, std=0.1, mean=1.0)
+        t[p + "mixer.in_proj.weight"] = rnd(2 * d_inner + 2 * groups * n + heads, d, std=0.15)
+        t[p + "mixer.conv1d.weight"] = rnd(conv_dim, 1, ssm["d_conv"], std=0.3)
+        t[p + "mixer.conv1d.bias"] = rnd(conv_dim, std=0.1)
+        dt = torch.exp(torch.rand(heads, generator=g) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+        t[p + "mixer.dt_bias"] = dt + torch.log(-torch.expm1(-dt))
+        t[p + "mixer.A_log"] = torch.log(torch.rand(heads, generator=g) * 15 + 1)
+        t[p + "mixer.D"] = rnd(heads, std=0.1, mean=1.0)
+        t[p + "mixer.norm.weight"] = rnd(d_inner, std=0.1, mean=1.0)
+        t[p + "mixer.out_proj.weight"] = rnd(d, d_inner, std=0.15)
+    t["backbone.norm_f.weight"] = rnd(d, std=0.1, mean=1.0)
+    t["lm_head.weight"] = t["backbone.embedding.weight"]  # tie_embeddings
+    t["key_head.weight"], t["query_head.weight"] = rnd(d, d), rnd(d, d)
+    t["value_head.weight"], t["value_head.bias"] = rnd(d, d), rnd(d, std=0.1)
+    t["logit_scale"] = torch.tensor(0.7)
+    if rank_head:
+        t["rank_head.weight"] = rnd(1, d)
+    return t
+
+
+def write_authors_checkpoint(
+    root: Path, fmt: str = "safetensors", seed: int = 0, rank_head: bool = False, **overrides
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A checkpoint directory as `save_pretrained` of their model writes it, plus the tower's
+    own directory (`mm_vision_tower` names it, as their `SigLipVisionTower` loads from it)."""
+    tower_dir, src = root / "siglip-tower", root / "refocus-ckpt"
+    tower_dir.mkdir(parents=True, exist_ok=True)
+    src.mkdir(parents=True, exist_ok=True)
+    (tower_dir / "config.json").write_text(json.dumps(TOWER))
+    config = authors_config(tower_dir, **overrides)
+    (src / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = authors_tensors(config, seed=seed, rank_head=rank_head)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        stored = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items() if k != "lm_head.weight"}
+        save_file(stored, src / "model.safetensors", metadata={"format": "pt"})
+    else:
+        stored = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+        torch.save(stored, src / "pytorch_model.bin")
+    return src, {k: v.to(torch.bfloat16).double() for k, v in stored.items()}
+
+
+# ------------------------------------------------------------------ their forward, from the tensors
+
+
+class Reads(dict):
+    """The source tensors, recording which ones the reference computation reads."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def tokenize_like_authors(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
+    """`refocus.mm_utils.tokenizer_image_token`: each side of `<image>` tokenised on its own."""
+    before, after = (tokenizer(chunk).input_ids for chunk in prompt.split("<image>"))
+    assert not before or before[0] != tokenizer.bos_token_id  # no BOS offset for this prompt
+    return before, after
+
+
+def ref_tower(w: Reads, pixels: torch.Tensor) -> torch.Tensor:
+    """SigLipVisionTower.forward: `hidden_states[-1]` of the tower whose last layer was deleted,
+    i.e. the last remaining layer's output, before `post_layernorm`."""
+    p, heads, eps = TOWER["patch_size"], TOWER["num_attention_heads"], TOWER["layer_norm_eps"]
+    x = F.conv2d(pixels, w[TOWER_PREFIX + "embeddings.patch_embedding.weight"],
+                 w[TOWER_PREFIX + "embeddings.patch_embedding.bias"], stride=p)
+    x = x.flatten(2).transpose(1, 2) + w[TOWER_PREFIX + "embeddings.position_embedding.weight"]
+    n, s, dv = x.shape
+    hd = dv // heads
+    for i in range(TOWER["num_hidden_layers"] - 1):
+        pre = f"{TOWER_PREFIX}encoder.layers.{i}."
+
+        def lin(name, h, pre=pre):
+            return h @ w[f"{pre}{name}.weight"].T + w[f"{pre}{name}.bias"]
+
+        h = F.layer_norm(x, (dv,), w[pre + "layer_norm1.weight"], w[pre + "layer_norm1.bias"], eps)
+        q, k, v = (lin(f"self_attn.{m}_proj", h).view(n, s, heads, hd).transpose(1, 2) for m in "qkv")
+        att = torch.softmax(q @ k.transpose(-1, -2) * hd**-0.5, dim=-1)
+        x = x + lin("self_attn.out_proj", (att @ v).transpose(1, 2).reshape(n, s, dv))
+        h = F.layer_norm(x, (dv,), w[pre + "layer_norm2.weight"], w[pre + "layer_norm2.bias"], eps)
+        x = x + lin("mlp.fc2", F.gelu(lin("mlp.fc1", h), approximate="tanh"))
+    return x
+
+
+def ref_pool(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """LlavaMetaForCausalLM.get_2dPool(stride=2)."""
+    n, s, dv = x.shape
+    side = math.isqrt(s)
+    grid = x.view(n, side, side, dv).permute(0, 3, 1, 2)
+    if mode == "average":
+        grid = F.avg_pool2d(grid, 2)
+    elif mode == "max":
+        grid = F.max_pool2d(grid, 2)
+    else:
+        grid = F.interpolate(grid, size=[math.ceil(side / 2)] * 2, mode="bilinear")
+    return grid.permute(0, 2, 3, 1).reshape(n, -1, dv)
+
+
+def ref_projector(w: Reads, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """build_vision_projector: `linear` or `mlpNx_gelu` (Linear, then (GELU, Linear) * (N-1))."""
+    pre = "mm_model.mm_projector."
+    if kind == "linear":
+        return x @ w[pre + "weight"].T + w[pre + "bias"]
+    depth = int(kind[3 : kind.index("x")])
+    x = x @ w[pre + "0.weight"].T + w[pre + "0.bias"]
+    for j in range(1, depth):
+        x = F.gelu(x) @ w[f"{pre}{2 * j}.weight"].T + w[f"{pre}{2 * j}.bias"]
+    return x
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def ref_mixer(w: Reads, i: int, u: torch.Tensor) -> torch.Tensor:
+    """mamba_ssm Mamba2.forward for one sequence u (L, D), written as the plain recurrence:
+    h_t = exp(dt_t A) h_t-1 + dt_t x_t B_t^T, y_t = h_t C_t + D x_t, gated group RMSNorm."""
+    pre = f"backbone.layers.{i}.mixer."
+    d_inner, n, groups, hd = SSM["expand"] * D_MODEL, SSM["d_state"], SSM["ngroups"], SSM["headdim"]
+    heads, length = d_inner // hd, u.shape[0]
+    z, xbc, dt = (u @ w[pre + "in_proj.weight"].T).split([d_inner, d_inner + 2 * groups * n, heads], -1)
+    kernel = w[pre + "conv1d.weight"][:, 0]  # (C, k): causal depthwise convolution
+    padded = F.pad(xbc.T, (kernel.shape[1] - 1, 0))
+    conv = torch.stack([(padded[:, t : t + kernel.shape[1]] * kernel).sum(-1) for t in range(length)])
+    xbc = F.silu(conv + w[pre + "conv1d.bias"])
+    x, b, c = xbc.split([d_inner, groups * n, groups * n], -1)
+    dt = F.softplus(dt + w[pre + "dt_bias"])
+    a = -torch.exp(w[pre + "A_log"])
+    group_of = torch.arange(heads) // (heads // groups)
+    state = torch.zeros(heads, hd, n, dtype=u.dtype)
+    ys = []
+    for t in range(length):
+        xt = x[t].view(heads, hd)
+        bt, ct = b[t].view(groups, n)[group_of], c[t].view(groups, n)[group_of]  # (H, N)
+        state = torch.exp(dt[t] * a)[:, None, None] * state + dt[t][:, None, None] * xt[:, :, None] * bt[:, None, :]
+        ys.append((state * ct[:, None, :]).sum(-1) + w[pre + "D"][:, None] * xt)
+    y = torch.stack(ys).reshape(length, d_inner) * F.silu(z)
+    y = rms(y.view(length, groups, -1), 1.0).reshape(length, d_inner) * w[pre + "norm.weight"]
+    return y @ w[pre + "out_proj.weight"].T
+
+
+def ref_backbone(w: Reads, embeds: torch.Tensor) -> torch.Tensor:
+    """MixerModel.forward: pre-norm residual blocks (Add -> RMSNorm -> Mixer), then norm_f."""
+    residual = embeds
+    for i in range(N_LAYER):
+        residual = residual + ref_mixer(w, i, rms(residual, w[f"backbone.layers.{i}.norm.weight"]))
+    return rms(residual, w["backbone.norm_f.weight"])
+
+
+def reference_logprobs(
+    w: Reads, config: dict, frames: np.ndarray, before: list[int], after: list[int],
+    order: list[int], temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-step log-probs of `order` as RefocusForFrameSelection.forward computes them
+    (autoregressive, replace=False, as the authors' export runs it)."""
+    pixels = (torch.as_tensor(frames).permute(0, 3, 1, 2).double() / 255 - 0.5) / 0.5
+    visual = ref_projector(w, ref_pool(ref_tower(w, pixels), config["mm_spatial_pool_mode"]),
+                           config["mm_projector_type"])  # (T, P, D)
+    t, p = visual.shape[:2]
+    table = w["backbone.embedding.weight"]
+    prefix = torch.cat([table[before], visual.reshape(t * p, -1), table[after]])
+    tails = [len(before) + (j + 1) * p - 1 for j in range(t)]  # visual_tails: each frame's last token
+    hidden = ref_backbone(w, prefix)[tails]
+    keys = hidden @ w["key_head.weight"].T
+    values = hidden @ w["value_head.weight"].T + w["value_head.bias"]
+    steps = torch.cat([table[config["start_of_frame_token_id"]][None], values[order[:-1]]])
+    queries = ref_backbone(w, torch.cat([prefix, steps]))[len(prefix):] @ w["query_head.weight"].T
+    scale = {"softplus": F.softplus, "exp": torch.exp}[config["logit_scale_fn"]](w["logit_scale"])
+    scale = scale / temperature
+    if config["attention_scaling"]:
+        scale = scale / math.sqrt(D_MODEL)
+    logits = torch.einsum("qd,fd->qf", queries, keys * scale)
+    out = []
+    for i, frame in enumerate(order):
+        masked = logits[i].clone()
+        masked[order[:i]] = -math.inf
+        out.append(masked.log_softmax(-1)[frame])
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def neox_tokenizer(tmp_path_factory) -> Path:
+    return gpt_neox_style_tokenizer(tmp_path_factory.mktemp("gpt-neox"))
+
+
+def run_cli(*argv: str, capsys=None) -> tuple[int, str]:
+    from refocus.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err if capsys is not None else ""
+    return code, err
+
+
+def import_checkpoint(src: Path, out: Path, tokenizer: Path | None, capsys) -> dict:
+    args = ["policy", "import-official", src, "--out", out]
+    if tokenizer is not None:
+        args += ["--tokenizer", tokenizer]
+    code, err = run_cli(*args, capsys=capsys)
+    assert code == 0, err
+    return json.loads((out / "import_report.json").read_text())
+
+
+ITEM = dict(question="Which frame shows the red square?", options=("the first", "the middle", "the last"))
+
+
+def fixed_frames(num: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(123)
+    return rng.integers(0, 256, size=(num, TOWER["image_size"], TOWER["image_size"], 3), dtype=np.uint8)
+
+
+CASES = {  # projector, pooling, scaling, scale function, weight format, rank head
+    "mlp2x-average-softplus-safetensors": dict(mm_projector_type="mlp2x_gelu", mm_spatial_pool_mode="average"),
+    "linear-max-scaled-exp-bin": dict(mm_projector_type="linear", mm_spatial_pool_mode="max",
+                                      attention_scaling=True, logit_scale_fn="exp", fmt="bin", rank_head=True),
+    "mlp3x-bilinear": dict(mm_projector_type="mlp3x_gelu", mm_spatial_pool_mode="bilinear"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_imported_policy_computes_the_authors_logprobs(case, tmp_path, neox_tokenizer, capsys):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from refocus.policy import build_question_text
+    from refocus.selectors.policy import PolicySelector
+
+    options = dict(CASES[case])
+    fmt, rank_head = options.pop("fmt", "safetensors"), options.pop("rank_head", False)
+    src, source = write_authors_checkpoint(tmp_path, fmt=fmt, rank_head=rank_head, **options)
+    report = import_checkpoint(src, tmp_path / "policy", neox_tokenizer, capsys)
+
+    # Every source tensor is consumed or reported unused, with a reason.
+    assert set(report["consumed"]) | set(report["unused"]) == set(source)
+    assert not set(report["consumed"]) & set(report["unused"])
+    expected_unused = {TOWER_PREFIX + "post_layernorm.weight", TOWER_PREFIX + "post_layernorm.bias"}
+    expected_unused |= {"lm_head.weight"} if fmt == "bin" else set()
+    expected_unused |= {"rank_head.weight"} if rank_head else set()
+    assert set(report["unused"]) == expected_unused and all(report["unused"].values())
+
+    # The same per-step log-probs as their forward, on a fixed video, through `refocus select`'s path.
+    selector = PolicySelector.from_dir(tmp_path / "policy")
+    item = SimpleNamespace(**ITEM)
+    frames = fixed_frames()
+    feats, ids = policy_inputs(selector, frames, item)
+    order = [4, 1, 6, 0, 2]
+    tok = AutoTokenizer.from_pretrained(neox_tokenizer)
+    before, after = tokenize_like_authors(tok, PROMPT.format(question=build_question_text(item)))
+    w = Reads(source)
+    config = authors_config(tmp_path, **options)
+    for temperature in (1.0, 0.5):
+        expected = reference_logprobs(w, config, frames, before, after, order, temperature)
+        with torch.no_grad():
+            got, _ = selector.policy.replay_logprobs([feats], [ids], torch.tensor([[order]]), temperature=temperature)
+        assert (got[0, 0].double() - expected).abs().max().item() < 1e-4
+        assert expected.exp().max() < 0.999  # a non-degenerate distribution
+    # The independent computation read exactly the tensors the report says were consumed.
+    assert w.read == set(report["consumed"])
