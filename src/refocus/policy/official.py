@@ -372,9 +372,12 @@ UNUSED = {
 }
 
 
-def map_tensors(tensors: dict, n_layer: int, report: ImportReport) -> dict:
+def map_tensors(tensors: dict, n_layer: int, tower_prefix: str, report: ImportReport) -> dict:
     """Policy state dict from the source tensors; each source key lands in ``report.consumed``
-    (with its policy name) or ``report.unused`` (with the reason); anything else is an error."""
+    (with its policy name) or ``report.unused`` (with the reason); anything else is an error.
+
+    ``tower_prefix``: where the policy's tower keeps SigLIP's transformer (``vision_tower.`` or
+    ``vision_tower.vision_model.``, depending on the transformers class)."""
     table = {"backbone.embedding.weight": "backbone.embeddings.weight",
              "backbone.norm_f.weight": "backbone.norm_f.weight",
              "key_head.weight": "key_head.weight", "query_head.weight": "query_head.weight",
@@ -392,7 +395,7 @@ def map_tensors(tensors: dict, n_layer: int, report: ImportReport) -> dict:
         if key in table:
             target = table[key]
         elif key.startswith(TOWER) and not key.startswith(TOWER + "head."):
-            target = "vision_tower.vision_model." + key[len(TOWER):]
+            target = tower_prefix + key[len(TOWER):]
         elif key.startswith(PROJECTOR):
             target = "projector." + key[len(PROJECTOR):]
         else:
@@ -429,6 +432,32 @@ def build_config(config: dict, tensors: dict, report: ImportReport, vision: Path
     return options
 
 
+def _check_against(own: dict, mapped: dict, report: ImportReport, tower_prefix: str) -> None:
+    """Every policy tensor provided, with the shape the config implies; errors name source keys."""
+    source_of = {target: key for key, target in report.consumed.items()}
+    for key, tensor in mapped.items():
+        if key not in own:
+            raise RefocusError(
+                f"unexpected tensor {source_of[key]!r} {tuple(tensor.shape)}: config.json implies no such "
+                f"tensor (mm_projector_type, n_layer, ssm_cfg.bias); {EXPECTED}"
+            )
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            raise RefocusError(
+                f"tensor {source_of[key]!r} is {tuple(tensor.shape)}, its config implies {tuple(own[key].shape)}"
+            )
+    missing = sorted(set(own) - set(mapped))
+    if missing:
+        name = missing[0]
+        for ours, theirs in ((tower_prefix, TOWER), ("projector.", PROJECTOR),
+                             ("backbone.embeddings.", "backbone.embedding.")):
+            if name.startswith(ours):
+                name = theirs + name[len(ours):]
+                break
+        raise RefocusError(
+            f"the checkpoint lacks {len(missing)} tensor(s) its config implies, e.g. {name!r}; {EXPECTED}"
+        )
+
+
 def _tokenizer(src: Path, tokenizer: Path | None):
     from transformers import AutoTokenizer
 
@@ -463,23 +492,15 @@ def import_official(
     tensors = load_source_tensors(src)
     report = ImportReport()
     options = build_config(config, tensors, report, Path(vision_config_path) if vision_config_path else None)
-    mapped = map_tensors(tensors, options["backbone_config"]["num_hidden_layers"], report)
     if len(tok) > options["backbone_config"]["vocab_size"]:
         raise RefocusError(
             f"the tokenizer has {len(tok)} tokens, the embedding table {options['backbone_config']['vocab_size']} rows"
         )
     policy = FramePolicy(FramePolicyConfig(**options))
-    own = policy.state_dict()
-    missing = sorted(set(own) - set(mapped))
-    if missing:
-        raise RefocusError(f"the checkpoint lacks {len(missing)} tensors, e.g. {missing[0]!r}; {EXPECTED}")
-    for key, tensor in mapped.items():
-        if key not in own:
-            raise RefocusError(f"unexpected tensor for {key!r}; {EXPECTED}")
-        if tuple(own[key].shape) != tuple(tensor.shape):
-            raise RefocusError(
-                f"tensor for {key} is {tuple(tensor.shape)}, the config implies {tuple(own[key].shape)}"
-            )
+    nested = any(k.startswith("vision_model.") for k in policy.vision_tower.state_dict())
+    tower_prefix = "vision_tower.vision_model." if nested else "vision_tower."
+    mapped = map_tensors(tensors, options["backbone_config"]["num_hidden_layers"], tower_prefix, report)
+    _check_against(policy.state_dict(), mapped, report, tower_prefix)
     with torch.no_grad():
         policy.load_state_dict(mapped, strict=True)
     out.mkdir(parents=True, exist_ok=True)
