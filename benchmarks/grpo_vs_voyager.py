@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     from refocus.selectors.policy import PolicySelector
     from refocus.selectors.voyager import VoyagerSelector
     from refocus.training.config import load_config, packaged_config
-    from refocus.training.data import FrameStore
     from refocus.training.train import train_policy
+    from refocus.video.stores import FrameStore
     from refocus.voyager.config import CollectConfig, VoyagerConfig
     from refocus.voyager.train import run_voyager
 

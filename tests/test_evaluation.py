@@ -15,7 +15,7 @@ from refocus.data.evidence import evidence_frame_mask
 from refocus.data.questions import load_questions
 from refocus.evaluation import evaluate, write_evaluation
 from refocus.selectors import get_selector
-from refocus.training.data import FrameStore
+from refocus.video.stores import FrameStore
 
 
 @pytest.fixture(autouse=True, scope="module")

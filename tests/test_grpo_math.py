@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from refocus.reference import margin_rewards
+from refocus.reference.reward import margin_rewards
 from refocus.training.grpo_math import (
     entropy_bonus,
     group_advantages,

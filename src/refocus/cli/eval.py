@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.errors import RefocusError
     from refocus.evaluation import evaluate, summary_line, write_evaluation
     from refocus.selectors import get_selector
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     budgets = parse_budgets(args.budget)
     if args.seeds < 1:

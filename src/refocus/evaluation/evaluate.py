@@ -1,7 +1,7 @@
 """Selector x answerer evaluation: accuracy, evidence recall and selection time per budget.
 
 For every question: decode the video once per frame size (a shared
-:class:`refocus.training.data.FrameStore`; the answerer's size, and the selector's if it
+:class:`refocus.video.stores.FrameStore`; the answerer's size, and the selector's if it
 wants another), let the selector pick frames for every budget and seed, and score all those
 subsets with ONE ``answerer.option_logits`` call (identical subsets scored once). The
 answer is the option with the highest letter logit. Both decodes use the same pts sampling
@@ -108,8 +108,8 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from refocus.reference import margin_rewards
-    from refocus.training.data import FrameStore
+    from refocus.reference.reward import margin_rewards
+    from refocus.video.stores import FrameStore
 
     budgets = check_budgets(budgets)
     run_seeds = resolve_seeds(seeds, bool(getattr(selector, "deterministic", False)))
@@ -274,7 +274,7 @@ def write_evaluation(result: dict, out_dir: str | Path) -> Path:
 
     Returns the path of ``DIR/results.json``.
     """
-    from refocus.cli._common import write_json
+    from refocus.io import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

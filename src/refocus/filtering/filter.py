@@ -43,7 +43,7 @@ class FilterResult:
 
 def score_item(reference, item: QAItem, frames: np.ndarray, cfg: FilterConfig) -> dict:
     """The 16 probe subsets of one item, their margins and the margin variance."""
-    from refocus.reference import margin_rewards
+    from refocus.reference.reward import margin_rewards
 
     subsets = filter_subsets(len(frames), cfg.frames_per_subset, window_rule=cfg.window_rule)
     logits = reference.option_logits(item, frames, subsets)  # (16, O)

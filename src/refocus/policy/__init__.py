@@ -19,7 +19,7 @@ Typical use::
 from transformers import AutoConfig, AutoModel
 
 from refocus.policy.configuration import FramePolicyConfig
-from refocus.policy.modeling import FramePolicy, PolicyReplayOutput, RecurrentState
+from refocus.policy.modeling import FramePolicy, PolicyReplayOutput
 from refocus.policy.processing import (
     build_question_text,
     pool_frame_tokens,
@@ -27,6 +27,7 @@ from refocus.policy.processing import (
     tokenize_question,
 )
 from refocus.policy.sampling import SelectionOutput
+from refocus.policy.state import RecurrentState
 
 try:
     AutoConfig.register(FramePolicyConfig.model_type, FramePolicyConfig)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -41,9 +41,31 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from refocus.errors import RefocusError
+from refocus.policy.state import RecurrentState
 
-if TYPE_CHECKING:
-    from refocus.policy.modeling import FramePolicy, RecurrentState
+
+class FramePolicy(Protocol):
+    """What sampling and replay read of the policy (:class:`refocus.policy.FramePolicy`).
+
+    A protocol rather than an import, so this module does not depend on the model module
+    (which binds these functions as its methods).
+    """
+
+    device: torch.device
+    backbone: torch.nn.Module
+    start_embedding: torch.nn.Parameter
+    key_head: torch.nn.Module
+    value_head: torch.nn.Module
+    query_head: torch.nn.Module
+
+    def embed_prefix(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def run_backbone(
+        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None
+    ) -> tuple[torch.Tensor, RecurrentState]: ...
+
+    def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor: ...
+
 
 Mode = Literal["sample", "greedy", "distribution"]
 MODES = ("sample", "greedy", "distribution")
@@ -249,8 +271,6 @@ def encode_prefix(
             keys[b], values[b] = group_keys[j], group_values[j]
         states.append(state)
         members_in_order += members
-    from refocus.policy.modeling import RecurrentState
-
     state = RecurrentState.cat(states) if len(states) > 1 else states[0]
     if members_in_order != list(range(len(feats))):
         inverse = torch.empty(len(feats), dtype=torch.long)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from refocus.reference.base import ReferenceModel, margin_rewards
+from refocus.reference.base import ReferenceModel
 from refocus.reference.prompt import SYSTEM_PROMPT, build_prompt_messages, render_prompt
+from refocus.reference.reward import margin_rewards
 
 
 def load_reference(

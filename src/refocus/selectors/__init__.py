@@ -31,12 +31,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from refocus.errors import RefocusError
+from refocus.seeding import item_seed, stable_hash
 from refocus.selectors.base import (
     BaseSelector,
     Selector,
     VideoFrames,
-    item_seed,
-    stable_hash,
     uniform_indices,
     validate_indices,
 )

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from refocus.errors import RefocusError
+from refocus.seeding import item_seed
 from refocus.selectors import register_selector
-from refocus.selectors.base import VideoFrames, check_budget, item_seed
+from refocus.selectors.base import VideoFrames, check_budget
 
 MODES = ("greedy", "sample", "distribution")
 DEFAULT_MODE = "greedy"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from refocus.errors import RefocusError
+from refocus.io import write_json
 from refocus.training.config import GRPOConfig, load_config
 from refocus.training.trainer import GRPOTrainer, TrainResult
 
@@ -38,10 +38,10 @@ def train_policy(
     result = trainer.train()
     result.skipped[:0] = [{"id": None, "reason": str(e)} for e in errors]
     if trainer.accelerator.is_main_process:
-        (out_dir / "train_summary.json").write_text(json.dumps({
+        write_json(out_dir / "train_summary.json", {
             "steps": result.steps, "policy": str(result.policy_dir), "skipped": result.skipped,
             "nonfinite_steps": result.nonfinite_steps, "reference_calls": result.reference_calls,
             "num_processes": result.num_processes, "replica_max_abs_diff": result.replica_max_abs_diff,
             "last_metrics": result.last_metrics,
-        }, indent=2) + "\n")
+        })
     return result

@@ -23,7 +23,7 @@ import yaml
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
-from refocus.reference import margin_rewards
+from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
 from refocus.training.checkpoint import (
     latest_checkpoint,
@@ -33,8 +33,8 @@ from refocus.training.checkpoint import (
     set_rng_state,
 )
 from refocus.training.config import GRPOConfig
-from refocus.training.data import FeatureStore, FrameStore
 from refocus.training.metrics import MetricsWriter
+from refocus.video.stores import FeatureStore, FrameStore
 
 
 class TrainingDiverged(RefocusError):

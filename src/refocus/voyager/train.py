@@ -15,7 +15,6 @@ formats (``refocus.training.checkpoint``, ``refocus.training.metrics``), so ``--
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -29,6 +28,7 @@ import yaml
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.io import write_json
 from refocus.training.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -36,8 +36,8 @@ from refocus.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from refocus.training.data import FeatureStore, FrameStore
 from refocus.training.metrics import MetricsWriter
+from refocus.video.stores import FeatureStore, FrameStore
 from refocus.voyager.config import VOYAGER_FILE, CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import combination_scores
 from refocus.voyager.ranking import pairwise_ranking_loss
@@ -264,7 +264,7 @@ def _write_voyager_file(policy_dir: Path, cfg: VoyagerConfig, collect_summary: d
         "combination_size": collect_summary.get("config", {}).get("combination_size"),
         "reference_calls": int(collect_summary.get("reference_calls", 0)),
     }
-    (policy_dir / VOYAGER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(policy_dir / VOYAGER_FILE, info)
 
 
 def save_policy(policy, tokenizer, policy_dir: str | Path, cfg: VoyagerConfig, collect_summary: dict) -> Path:
@@ -321,12 +321,12 @@ def train_voyager(
     (out_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     trainer = VoyagerTrainer(cfg, items, rankings, summary, ref, out_dir, resume=resume, progress=progress)
     result = trainer.train()
-    (out_dir / "train_summary.json").write_text(json.dumps({
+    write_json(out_dir / "train_summary.json", {
         "method": "frame-voyager", "scoring": result.scoring, "steps": result.steps,
         "policy": str(result.policy_dir), "reference_calls": result.reference_calls,
         "collection": str(Path(data_dir).resolve()), "questions": len(items),
         "skipped": result.skipped, "last_metrics": _finite_or_none(result.last_metrics),
-    }, indent=2) + "\n")
+    })
     return result
 
 
