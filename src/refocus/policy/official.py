@@ -484,7 +484,8 @@ def import_official(
     """
     import torch
 
-    from refocus.policy import FramePolicy, FramePolicyConfig
+    from refocus.policy.configuration import FramePolicyConfig
+    from refocus.policy.modeling import FramePolicy
 
     src, out = Path(src), Path(out)
     config = read_source_config(src)

@@ -53,7 +53,7 @@ class FramePolicy(Protocol):
 
     device: torch.device
     backbone: torch.nn.Module
-    start_embedding: torch.nn.Parameter
+    start_vector: torch.Tensor  # (D,) the <start_of_frame> input
     key_head: torch.nn.Module
     value_head: torch.nn.Module
     query_head: torch.nn.Module
