@@ -431,3 +431,142 @@ def test_imported_policy_computes_the_authors_logprobs(case, tmp_path, neox_toke
         assert expected.exp().max() < 0.999  # a non-degenerate distribution
     # The independent computation read exactly the tensors the report says were consumed.
     assert w.read == set(report["consumed"])
+
+
+def _drop(key):
+    def mutate(src: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(src / "model.safetensors")
+        del tensors[key]
+        save_file(tensors, src / "model.safetensors")
+    return mutate
+
+
+def _add_tensor(key):
+    def mutate(src: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(src / "model.safetensors")
+        tensors[key] = torch.zeros(D_MODEL)
+        save_file(tensors, src / "model.safetensors")
+    return mutate
+
+
+def _config(**changes):
+    def mutate(src: Path) -> None:
+        config = json.loads((src / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        (src / "config.json").write_text(json.dumps(config))
+    return mutate
+
+
+def _foreign_mamba2(src: Path) -> None:  # a transformers Mamba2 language model
+    (src / "config.json").write_text(json.dumps({"model_type": "mamba2", "hidden_size": 32, "num_hidden_layers": 2}))
+
+
+def _refocus_policy(src: Path) -> None:
+    (src / "config.json").write_text(json.dumps({"model_type": "refocus_frame_policy"}))
+
+
+def _no_weights(src: Path) -> None:
+    (src / "model.safetensors").unlink()
+
+
+BAD = {  # mutation of a valid checkpoint -> words the one-line error must contain
+    "no config": (lambda src: (src / "config.json").unlink(), "no config.json"),
+    "foreign Mamba2 LM": (_foreign_mamba2, "model_type 'mamba2', no d_model, n_layer, mm_vision_tower"),
+    "already ours": (_refocus_policy, "already a refocus policy"),
+    "no weights": (_no_weights, "no model.safetensors or pytorch_model.bin"),
+    "block method": (_config(frame_generation_method="block"), "frame_generation_method is 'block'"),
+    "block by default": (_config(frame_generation_method=None), "frame_generation_method is 'block'"),
+    "pooler projector": (_config(mm_projector_type="pooler"), "mm_projector_type is 'pooler'"),
+    "attention layers": (_config(attn_layer_idx=[1]), "attn_layer_idx"),
+    "mamba1": (_config(ssm_cfg={"layer": "Mamba1"}), "ssm_cfg.layer is 'Mamba1'"),
+    "clip tower": (_config(mm_vision_tower="openai/clip-vit-large-patch14"), "mm_vision_tower"),
+    "normed heads": (_config(score_head_norm="rmsnorm"), "score_head_norm is 'rmsnorm'"),
+    "anyres": (_config(mm_patch_merge_type="spatial_unpad"), "mm_patch_merge_type"),
+    "missing tensor": (_drop("key_head.weight"), "lacks 1 tensor(s) its config implies, e.g. 'key_head.weight'"),
+    "missing tower layer": (_drop(TOWER_PREFIX + "encoder.layers.1.mlp.fc2.bias"), "lacks 1 tensor(s)"),
+    "extra tensor": (_add_tensor("mm_model.image_newline"), "unexpected tensor 'mm_model.image_newline'"),
+    "wrong vocab": (_config(vocab_size=300), "backbone.embedding.weight is (256, 32)"),
+    "sof outside": (_config(start_of_frame_token_id=999), "start_of_frame_token_id 999"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_or_foreign_checkpoints_give_one_line_errors(case, tmp_path, neox_tokenizer, capsys):
+    mutate, words = BAD[case]
+    src, _ = write_authors_checkpoint(tmp_path)
+    mutate(src)
+    code, err = run_cli("policy", "import-official", src, "--out", tmp_path / "out",
+                        "--tokenizer", neox_tokenizer, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert words in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_comes_from_the_checkpoint_or_from_the_option(tmp_path, neox_tokenizer, capsys):
+    import shutil
+
+    src, _ = write_authors_checkpoint(tmp_path)
+    code, err = run_cli("policy", "import-official", src, "--out", tmp_path / "a", capsys=capsys)
+    assert code == 1 and "holds no tokenizer" in err and "--tokenizer DIR" in err
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(neox_tokenizer / name, src / name)
+    import_checkpoint(src, tmp_path / "b", None, capsys)
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == (neox_tokenizer / "tokenizer.json").read_text()
+
+
+def test_tower_config_from_option_when_the_hub_name_is_not_local(tmp_path, neox_tokenizer, capsys):
+    src, _ = write_authors_checkpoint(tmp_path)
+    _config(mm_vision_tower="google/siglip-so400m-patch14-384")(src)
+    # Without the tower's config their SigLipImageProcessor's 384 px would not fit 4 x 4 patches.
+    code, err = run_cli("policy", "import-official", src, "--out", tmp_path / "a",
+                        "--tokenizer", neox_tokenizer, capsys=capsys)
+    assert code == 1 and "--vision-config" in err
+    code, err = run_cli("policy", "import-official", src, "--out", tmp_path / "b", "--tokenizer", neox_tokenizer,
+                        "--vision-config", tmp_path / "siglip-tower" / "config.json", capsys=capsys)
+    assert code == 0, err
+
+
+def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, neox_tokenizer, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    from refocus.data.questions import load_questions
+    from refocus.data.synth import make_benchmark
+    from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
+
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
+    src, _ = write_authors_checkpoint(tmp_path)
+    import_checkpoint(src, tmp_path / "imported", neox_tokenizer, capsys)
+    bench = make_benchmark("niah", tmp_path / "bench", videos=2, frames=(12, 14), seed=0)
+    ref_cfg = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1),
+                                   vision_heads=(2, 2), text_hidden=32, text_layers=1, text_heads=2)
+    reference = save_untrained_small_reference(tmp_path / "ref", load_questions(bench), ref_cfg)
+    (tmp_path / "train.yaml").write_text(
+        "num_generations: 4\nper_device_train_batch_size: 2\nselection_sizes: [3]\ncurriculum_starts: [0]\n"
+        "max_steps: 2\nlearning_rate: 1.0e-5\nlearning_rate_reinit: 1.0e-4\nwarmup_ratio: 0.0\nbf16: false\n"
+        "gradient_checkpointing: false\nsave_steps: 100\nseed: 0\n"
+    )
+    code, err = run_cli("train", "--data", bench, "--reference", reference, "--out", tmp_path / "run",
+                        "--config", tmp_path / "train.yaml", "--policy", tmp_path / "imported", capsys=capsys)
+    assert code == 0, err
+    before = load_file(tmp_path / "imported" / "model.safetensors")
+    after = load_file(tmp_path / "run" / "policy" / "model.safetensors")
+    assert set(before) == set(after)
+    # Two AdamW steps move a weight by about the learning rate; a re-initialised block (fresh
+    # Mamba2 init, mixer.norm = 0.1) or <start_of_frame> row would move by ~0.1-1.
+    drift = {k: (after[k].float() - before[k].float()).abs().max().item() for k in before}
+    assert max(drift.values()) < 1e-3, max(drift, key=drift.get)
+    trained = [k for k in ("key_head.weight", "query_head.weight", "value_head.weight", "logit_scale",
+                           f"backbone.layers.{N_LAYER - 1}.mixer.in_proj.weight", "projector.0.weight")]
+    assert all(drift[k] > 0 for k in trained), {k: drift[k] for k in trained}
+    assert all(drift[k] == 0 for k in before if k.startswith("vision_tower."))  # frozen
+    config = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())
+    assert (config["logit_scale_fn"], config["start_of_frame_token_id"]) == ("softplus", SOF_ID)
