@@ -25,7 +25,7 @@ import torch.nn.functional as F
 PROMPT = (
     "<|system|>You are a helpful AI assistant.<|endoftext|><|user|><image>\n{question}<|endoftext|>"
 )
-D_MODEL, N_LAYER, VOCAB = 32, 3, 250  # vocab padded to 256 by pad_vocab_size_multiple = 8
+D_MODEL, N_LAYER, VOCAB = 32, 3, 290  # vocab padded to 296 rows by pad_vocab_size_multiple = 8
 SSM = {"layer": "Mamba2", "d_state": 8, "headdim": 8, "expand": 2, "ngroups": 2, "d_conv": 4}
 TOWER = {  # the tower's own config (their code loads it, then deletes the last encoder layer)
     "model_type": "siglip_vision_model",
@@ -39,7 +39,7 @@ TOWER = {  # the tower's own config (their code loads it, then deletes the last 
     "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6,
 }
-SOF_ID = 253  # a padding row of the embedding table, as `<|startofframe|>` can be
+SOF_ID = 293  # a padding row of the embedding table, as `<|startofframe|>` can be
 TOWER_PREFIX = "mm_model.vision_tower.vision_tower.vision_model."
 
 
@@ -63,7 +63,7 @@ def gpt_neox_style_tokenizer(out: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=200,
+        vocab_size=280,
         special_tokens=["<|endoftext|>", "<|padding|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -71,7 +71,7 @@ def gpt_neox_style_tokenizer(out: Path) -> Path:
     corpus = ["You are a helpful AI assistant.", "<|system|> <|user|>", "What color is the square?"]
     tok.train_from_iterator(corpus * 4 + ["A. red\nB. blue\nC. green"] * 4, trainer=trainer)
     state = json.loads(tok.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     GPTNeoXTokenizer(vocab=state["vocab"], merges=merges).save_pretrained(out)
     return out
 
@@ -493,7 +493,7 @@ BAD = {  # mutation of a valid checkpoint -> words the one-line error must conta
     "missing tensor": (_drop("key_head.weight"), "lacks 1 tensor(s) its config implies, e.g. 'key_head.weight'"),
     "missing tower layer": (_drop(TOWER_PREFIX + "encoder.layers.1.mlp.fc2.bias"), "lacks 1 tensor(s)"),
     "extra tensor": (_add_tensor("mm_model.image_newline"), "unexpected tensor 'mm_model.image_newline'"),
-    "wrong vocab": (_config(vocab_size=300), "backbone.embedding.weight is (256, 32)"),
+    "wrong vocab": (_config(vocab_size=300), "backbone.embedding.weight is (296, 32)"),
     "sof outside": (_config(start_of_frame_token_id=999), "start_of_frame_token_id 999"),
 }
 
