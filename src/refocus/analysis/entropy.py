@@ -282,7 +282,7 @@ def _sample_orders(selector: Any, feats: Any, item: QAItem, cfg: EntropyConfig, 
 
     steps = min(max(cfg.ks), num_frames)
     generator = torch.Generator().manual_seed(item_seed(cfg.seed, item.id))
-    ids = tokenize_question(selector.tokenizer, item)
+    ids = tokenize_question(selector.tokenizer, item, blind=selector.policy.config.question_blind)
     out = selector.policy.select([feats], [ids], k=steps, num_candidates=cfg.samples,
                                  mode="sample", generator=generator)
     return out.order[0].cpu().numpy()

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "eval",
     "analyze",
     "voyager",
+    "answerer",
 ]
 
 

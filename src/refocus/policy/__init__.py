@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel
 from refocus.policy.configuration import FramePolicyConfig
 from refocus.policy.modeling import FramePolicy, PolicyReplayOutput
 from refocus.policy.processing import (
+    BLIND_QUESTION,
     build_question_text,
     pool_frame_tokens,
     preprocess_frames,
@@ -36,6 +37,7 @@ except ValueError:  # already registered (module reloaded)
     pass
 
 __all__ = [
+    "BLIND_QUESTION",
     "FramePolicy",
     "FramePolicyConfig",
     "PolicyReplayOutput",

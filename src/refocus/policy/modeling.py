@@ -81,6 +81,10 @@ class FramePolicy(PreTrainedModel):
         self.query_head = nn.Linear(width, config.head_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
         self.logit_scale = nn.Parameter(torch.empty(()))
+        self.prefix_segment_frames: int | None = None
+        """Run the prefix in segments of this many frames, checkpointed along the sequence
+        under gradient checkpointing (:mod:`refocus.policy.prefix`); a runtime memory knob
+        set by the trainer, not part of the saved config. None: one pass."""
         self._freeze_vision()
         self.post_init()
 
@@ -289,8 +293,11 @@ class FramePolicy(PreTrainedModel):
         cache = StateCache(len(backbone.layers), backbone.config.conv_kernel, state)
         hidden = inputs_embeds
         for block in backbone.layers:
-            hidden = block(hidden, cache_params=cache)  # positional: required by checkpointing
-        return backbone.norm_f(hidden), cache.result()
+            # positional: transformers' checkpointing wrapper drops a `cache=` keyword
+            hidden = block(hidden, cache)
+        # The residual stream is float32 (residual_in_fp32); in a model cast to bf16 the heads
+        # need their own dtype back (under autocast this cast changes nothing).
+        return backbone.norm_f(hidden).to(self.key_head.weight.dtype), cache.result()
 
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product scores, float32: keys (B, T, d), queries (B, ..., d) -> (B, ..., T).

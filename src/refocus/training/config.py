@@ -66,6 +66,22 @@ class GRPOConfig:
     gradient_checkpointing: bool = True
     max_steps: int = 1000
 
+    # ---- memory (none of these change the result beyond floating-point error) ------------
+    micro_batch_size: int | None = None
+    """Questions per sampling / replay micro-batch (gradients are accumulated, see
+    ``training/replay.py``); None: the whole per-device batch at once. Bounds the
+    recurrent-state copies (micro-batch x G) and the backward's activations."""
+    prefix_segment_frames: int | None = None
+    """Run each prefix in segments of this many frames, checkpointed along the sequence when
+    ``gradient_checkpointing`` is on (``policy/prefix.py``); None: one pass."""
+    feature_cache_gb: float = 16.0
+    """Host-memory cap of the frozen-encoder features kept between steps (on the CPU, in the
+    training dtype: bfloat16 under ``bf16``); moved to the device per micro-batch."""
+    frame_cache_gb: float = 4.0
+    """Host-memory cap of decoded frames kept between steps (the reference model's size)."""
+    frame_disk_cache: bool = True
+    """Use the on-disk frame cache of ``refocus.video`` (False: always decode)."""
+
     # ---- data ----------------------------------------------------------------------------
     fps: float = 4.0
     """Decoding rate (paper B.1: min(4 fps, 512 frames))."""
@@ -112,6 +128,12 @@ class GRPOConfig:
             raise ConfigError("num_iterations must be >= 1")
         if self.lr_scheduler_type not in ("linear", "constant"):
             raise ConfigError("lr_scheduler_type must be 'linear' or 'constant'")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError("micro_batch_size must be >= 1 or null")
+        if self.prefix_segment_frames is not None and self.prefix_segment_frames < 1:
+            raise ConfigError("prefix_segment_frames must be >= 1 or null")
+        if self.feature_cache_gb < 0 or self.frame_cache_gb < 0:
+            raise ConfigError("feature_cache_gb and frame_cache_gb must be >= 0")
         if self.per_device_train_batch_size < 1 or self.max_steps < 1:
             raise ConfigError("per_device_train_batch_size and max_steps must be >= 1")
 

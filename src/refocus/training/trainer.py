@@ -25,6 +25,7 @@ from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
+from refocus.training import replay as replay_lib
 from refocus.training.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -139,12 +140,15 @@ class GRPOTrainer:
         seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
         self.policy, self.tokenizer = build_policy(cfg, reference)
         if cfg.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            self.policy.activation_checkpointing_enable()
         self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.sampler_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
-        self.frames = FrameStore(cfg.fps, cfg.max_frames)
-        self.features = FeatureStore(self.policy, self.frames)
+        self.frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
+                                 disk_cache=cfg.frame_disk_cache)
+        self.features = FeatureStore(self.policy, self.frames, capacity=None, max_gb=cfg.feature_cache_gb,
+                                     device="cpu", dtype=torch.bfloat16 if cfg.bf16 else None)
+        self.policy.prefix_segment_frames = cfg.prefix_segment_frames
         self.metrics = MetricsWriter(self.out_dir, enabled=self.accelerator.is_main_process)
         self.step = 0
         self.nonfinite_total = 0
@@ -179,7 +183,7 @@ class GRPOTrainer:
         except RefocusError as exc:
             self.skipped[item.id] = str(exc)
             return None
-        return feats, tokenize_question(self.tokenizer, item), ref_frames
+        return feats, tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind), ref_frames
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
@@ -257,8 +261,8 @@ class GRPOTrainer:
         k = min(k, min(f.shape[0] for f in feats))
         policy.eval()
         with torch.no_grad(), self._autocast():
-            out = policy.select(feats, qids, k=k, num_candidates=G, mode="sample",
-                                temperature=cfg.temperature, generator=self.sampler_rng)
+            out = replay_lib.sample_candidates(policy, feats, qids, k, G, cfg.micro_batch_size,
+                                               cfg.temperature, self.sampler_rng)
         t1 = time.perf_counter()
 
         # 3. rewards from the frozen reference model (frame reuse inside the adapter)
@@ -278,19 +282,23 @@ class GRPOTrainer:
         policy.train()
         old_logp = out.logprobs.float()  # (B, G, K)
         stats: dict = {}
-        for _ in range(cfg.num_iterations):
-            with self._autocast():
-                replay = self.model(feats, qids, out.order, temperature=cfg.temperature)
-            logp, ent = replay.logprobs.float(), replay.entropies.float()
-            loss, stats = grpo_math.grpo_loss(
-                logp, old_logp, adv.to(logp.device), ent,
+
+        def loss_fn(logp, ent, part):  # the GRPO loss of one micro-batch of questions
+            return grpo_math.grpo_loss(
+                logp, old_logp[part].to(logp.device), adv[part].to(logp.device), ent,
                 level=cfg.importance_sampling_level, epsilon=cfg.epsilon,
                 epsilon_high=cfg.epsilon_high, entropy_coef=cfg.entropy_coef, beta=cfg.beta,
             )
+
+        for _ in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            replayed = replay_lib.accumulate_replay(
+                self.accelerator, self.model, feats, qids, out.order, loss_fn,
+                cfg.micro_batch_size, cfg.temperature, self._autocast,
+            )
+            loss, stats, ent = torch.tensor(replayed.loss), dict(replayed.stats), replayed.entropies
             if not self._finite(loss):
                 break
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             stats["train/grad_norm"] = float(grad_norm)

@@ -94,7 +94,7 @@ class VoyagerTrainer:
         self.policy, self.tokenizer = build_policy(cfg, reference)
         self.policy.to(self.device)
         if cfg.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            self.policy.activation_checkpointing_enable()
         self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         collect_cfg = CollectConfig(**collect_summary.get("config", {}))
         self.features = FeatureStore(self.policy, FrameStore(collect_cfg.fps, collect_cfg.max_frames))
