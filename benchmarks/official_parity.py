@@ -28,13 +28,13 @@ def ours(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from refocus.policy import FramePolicy, tokenize_question
+    from refocus.policy import FramePolicy, policy_prompt
     from refocus.video import load_video
 
     policy = FramePolicy.from_pretrained(args.policy).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     video = load_video(args.video, fps=args.fps, max_frames=args.max_frames, size=policy.config.image_size)
-    ids = tokenize_question(tokenizer, args.question, template=policy.config.prompt_template)
+    ids = policy_prompt(policy.config, tokenizer, args.question)
     with torch.no_grad():
         feats = policy.encode_frames(video.frames)
         gen = torch.Generator(device=args.device).manual_seed(args.seed)

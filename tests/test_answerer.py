@@ -139,7 +139,8 @@ def test_bad_method_config_is_one_line_error(tmp_path, capsys, multi, small_dir)
     code = main(["answerer", "train", "--method", "ktr", "--data", str(multi), "--answerer", str(small_dir),
                  "--out", str(tmp_path / "o"), "--config", str(cfg)])
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: signals must be")
+    err = capsys.readouterr().err  # one line naming the file, then the field
+    assert err.startswith("error: ") and "c.yaml: signals must be" in err and err.count("\n") == 1
 
 
 def test_eval_generate_scores_parsed_answers_beside_option_logits(tmp_path, sft_dir, multi, capsys):
@@ -155,3 +156,23 @@ def test_eval_generate_scores_parsed_answers_beside_option_logits(tmp_path, sft_
         assert r["generated_correct"] == (r["generated_answer"] == r["answer"])
     captured = capsys.readouterr()
     assert "generated accuracy" in captured.out + captured.err
+
+
+def test_attribution_precision_against_template_tags(sft_dir, qwen_dir, multi):
+    from refocus.answerer.attribution import attribution_precision
+    from refocus.answerer.data import EvidenceVideos
+    from refocus.errors import RefocusError
+
+    a = Answerer.load(sft_dir)
+    items = load_questions(multi)[:6]
+    res = attribution_precision(a, items, EvidenceVideos(a.image_size), k=4, ratio=0.2)
+    assert res["questions"] == 6
+    total = sum(len(build_rationale(it).words) + 1 for it in items)  # + the stop token
+    assert res["tokens"] == total
+    visual_words = sum(t == "visual" for it in items for t in build_rationale(it).tags)
+    assert res["visual_base_rate"] == pytest.approx(visual_words / total)
+    for key in ("visual_precision", "temporal_precision", "entropy_mask_visual_precision"):
+        assert 0.0 <= res[key] <= 1.0
+    q = Answerer.load(qwen_dir)
+    with pytest.raises(RefocusError, match="word-level"):
+        attribution_precision(q, items[:1], EvidenceVideos(q.image_size), k=2)

@@ -102,6 +102,12 @@ class Answerer:
         ids = [getattr(cfg, name, None) for name in ("image_token_id", "video_token_id", "image_token_index")]
         return sorted({int(i) for i in ids if isinstance(i, int) and i >= 0})
 
+    def markup_token_ids(self) -> list[int]:
+        """Visual placeholders and vision start/end markers: never generated."""
+        cfg = self.model.config
+        extra = [getattr(cfg, n, None) for n in ("vision_start_token_id", "vision_end_token_id")]
+        return sorted(set(self.visual_token_ids()) | {int(i) for i in extra if isinstance(i, int) and i >= 0})
+
     # ------------------------------------------------------------------------- prompts
     def prompt(self, item: Any, num_frames: int) -> str:
         messages = build_prompt_messages(item, num_frames, system_prompt=REASON_SYSTEM_PROMPT,
@@ -123,7 +129,9 @@ class Answerer:
         if seed is not None:
             torch.manual_seed(seed)
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                      num_return_sequences=num, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+                      num_return_sequences=num, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                      # a completion holding an image placeholder could not be scored again
+                      suppress_tokens=self.markup_token_ids())
         if cfg.do_sample:
             kwargs |= dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         else:

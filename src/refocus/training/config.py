@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from refocus.errors import ConfigError
 
 T = TypeVar("T")
+IMPORTANCE_LEVELS = ("subset", "sequence", "token")
 
 
 @dataclass
@@ -91,9 +92,13 @@ class GRPOConfig:
 
     # ---- policy architecture (used when a new policy is built) ---------------------------
     policy: dict[str, Any] = field(default_factory=dict)
-    """Overrides of ``FramePolicyConfig`` fields for a freshly built policy."""
+    """A new policy: ``FramePolicyConfig`` fields, and where its parts come from:
+    ``vision_model`` (a vision checkpoint dir), ``backbone_model`` (a Mamba2 checkpoint dir, HF or
+    mamba_ssm format), ``tokenizer`` (default: the backbone's), ``vision_from_reference`` (reuse
+    the reference model's tower). See ``refocus policy init``. Unknown keys are errors."""
     init_policy: str | None = None
-    """Start from this policy checkpoint instead of building one (its backbone counts as pretrained)."""
+    """Start from this saved policy as it is (``refocus train --policy DIR``: a ``refocus policy
+    init`` output or a trained policy; nothing is re-initialised) instead of building one."""
 
     # ---- bookkeeping ---------------------------------------------------------------------
     seed: int = 0
@@ -105,6 +110,9 @@ class GRPOConfig:
     """Stop after this many steps in a row with a NaN/inf loss (each one is skipped)."""
 
     def __post_init__(self) -> None:
+        from refocus.policy.configuration import check_policy_keys
+
+        check_policy_keys(self.policy)
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: advantages are relative within a group")
         if len(self.selection_sizes) != len(self.curriculum_starts) or not self.selection_sizes:
@@ -118,8 +126,8 @@ class GRPOConfig:
             raise ConfigError("selection_sizes must be positive")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError("scale_rewards must be 'group', 'batch' or 'none'")
-        if self.importance_sampling_level not in ("sequence", "token"):
-            raise ConfigError("importance_sampling_level must be 'sequence' or 'token'")
+        if self.importance_sampling_level not in IMPORTANCE_LEVELS:
+            raise ConfigError(f"importance_sampling_level must be one of {', '.join(IMPORTANCE_LEVELS)}")
         if self.epsilon_high is not None and self.epsilon is None:
             raise ConfigError("epsilon_high needs epsilon (set epsilon, or leave both unset for Eq. 2)")
         if self.epsilon_high is None and self.epsilon is not None:
@@ -175,9 +183,18 @@ def load_dataclass_config(cls: type[T], path: str | Path | None = None, **overri
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
+        import difflib
+
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
-    return cls(**values)
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}{hint}")
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        if path is None or str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def packaged_config(name: str) -> Path:

@@ -113,8 +113,8 @@ class VoyagerConfig:
 
     # ---- policy architecture (as GRPOConfig) ---------------------------------------------
     policy: dict[str, Any] = field(default_factory=lambda: {
+        "vision_from_reference": True,
         "tokens_per_frame": 4,
-        "head_dim": 32,
         "backbone_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_heads": 8,
                             "head_dim": 16, "state_size": 16},
     })
@@ -131,6 +131,9 @@ class VoyagerConfig:
     """Checkpoints kept (oldest removed); the final policy is always written to DIR/policy."""
 
     def __post_init__(self) -> None:
+        from refocus.policy.configuration import check_policy_keys
+
+        check_policy_keys(self.policy)
         if self.scoring not in SCORINGS:
             raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         if self.combinations_per_question < 2:
