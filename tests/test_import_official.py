@@ -358,6 +358,21 @@ def neox_tokenizer(tmp_path_factory) -> Path:
     return gpt_neox_style_tokenizer(tmp_path_factory.mktemp("gpt-neox"))
 
 
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, neox_tokenizer) -> Path:
+    """A policy imported from the default authors'-layout checkpoint."""
+    root = tmp_path_factory.mktemp("imported")
+    src, _ = write_authors_checkpoint(root)
+    import_official_api(src, root / "policy", tokenizer=neox_tokenizer)
+    return root / "policy"
+
+
+def import_official_api(*args, **kwargs):
+    from refocus.policy.official import import_official
+
+    return import_official(*args, **kwargs)
+
+
 def run_cli(*argv: str, capsys=None) -> tuple[int, str]:
     from refocus.cli import main
 
@@ -545,7 +560,7 @@ def test_tower_config_from_option_when_the_hub_name_is_not_local(tmp_path, neox_
     assert code == 0, err
 
 
-def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, neox_tokenizer, capsys, monkeypatch):
+def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, imported, capsys, monkeypatch):
     from safetensors.torch import load_file
 
     from refocus.data.questions import load_questions
@@ -553,8 +568,6 @@ def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, ne
     from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 
     monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
-    src, _ = write_authors_checkpoint(tmp_path)
-    import_checkpoint(src, tmp_path / "imported", neox_tokenizer, capsys)
     bench = make_benchmark("niah", tmp_path / "bench", videos=2, frames=(12, 14), seed=0)
     ref_cfg = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1),
                                    vision_heads=(2, 2), text_hidden=32, text_layers=1, text_heads=2)
@@ -562,12 +575,12 @@ def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, ne
     (tmp_path / "train.yaml").write_text(
         "num_generations: 4\nper_device_train_batch_size: 2\nselection_sizes: [3]\ncurriculum_starts: [0]\n"
         "max_steps: 2\nlearning_rate: 1.0e-5\nlearning_rate_reinit: 1.0e-4\nwarmup_ratio: 0.0\nbf16: false\n"
-        "gradient_checkpointing: false\nsave_steps: 100\nseed: 0\n" f"init_policy: {tmp_path / 'imported'}\n"
+        "gradient_checkpointing: false\nsave_steps: 100\nseed: 0\n" f"init_policy: {imported}\n"
     )
     code, err = run_cli("train", "--data", bench, "--reference", reference, "--out", tmp_path / "run",
                         "--config", tmp_path / "train.yaml", capsys=capsys)
     assert code == 0, err
-    before = load_file(tmp_path / "imported" / "model.safetensors")
+    before = load_file(imported / "model.safetensors")
     after = load_file(tmp_path / "run" / "policy" / "model.safetensors")
     assert set(before) == set(after)
     # Two AdamW steps move a weight by about the learning rate; a re-initialised block (fresh
@@ -580,3 +593,65 @@ def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, ne
     assert all(drift[k] == 0 for k in before if k.startswith("vision_tower."))  # frozen
     config = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())
     assert (config["logit_scale_fn"], config["start_of_frame_token_id"]) == ("softplus", SOF_ID)
+
+
+def test_policy_options_of_the_authors_conventions():
+    from refocus.policy import FramePolicy, FramePolicyConfig
+
+    backbone = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8}
+    for fn in ("softplus", "exp", "identity"):
+        policy = FramePolicy(FramePolicyConfig(backbone_config=backbone, logit_scale_fn=fn, logit_scale_init=2.5,
+                                               num_reinit_layers=0))
+        keys, queries = torch.randn(1, 5, 16), torch.randn(1, 3, 16)
+        expected = 2.5 * torch.einsum("bqd,btd->bqt", queries, keys) / 4.0  # scale(s) = init, / sqrt(16)
+        assert torch.allclose(policy.frame_logits(keys, queries), expected, atol=1e-5)
+    policy.config.attention_scaling = False
+    assert torch.allclose(policy.frame_logits(keys, queries), expected * 4.0, atol=1e-5)
+
+    policy = FramePolicy(FramePolicyConfig(backbone_config=backbone, start_of_frame_token_id=37, num_reinit_layers=0))
+    assert not hasattr(policy, "start_embedding") and "start_embedding" not in dict(policy.named_parameters())
+    policy.start_vector.sum().backward()
+    grad = policy.backbone.embeddings.weight.grad
+    assert grad[37].abs().sum() > 0 and grad[torch.arange(40) != 37].abs().sum() == 0
+    assert 0 < policy.start_vector.std() < 0.1  # initialised N(0, sof_init_std) like their reinit_for_finetune
+
+    projector = FramePolicy(FramePolicyConfig(backbone_config=backbone, projector_type="mlp4x_gelu",
+                                              num_reinit_layers=0)).projector
+    assert [type(m).__name__ for m in projector] == ["Linear", "GELU", "Linear", "GELU", "Linear", "GELU", "Linear"]
+    from refocus.errors import ConfigError
+
+    for bad in ({"projector_type": "mlp0x_gelu"}, {"logit_scale_fn": "sigmoid"}, {"token_pool_mode": "median"},
+                {"start_of_frame_token_id": 40}):
+        with pytest.raises(ConfigError):
+            FramePolicyConfig(backbone_config=backbone, **bad)
+
+
+def test_parity_script_writes_our_side(tmp_path, imported, monkeypatch):
+    """benchmarks/official_parity.py --side ours, on CPU (their side needs their code and a GPU)."""
+    import importlib.util
+    import sys
+    from argparse import Namespace
+
+    from refocus.data.questions import load_questions
+    from refocus.data.synth import make_benchmark
+    from refocus.policy import FramePolicy
+
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
+    bench = make_benchmark("niah", tmp_path / "bench", videos=1, frames=(12, 12), seed=0)
+    video = load_questions(bench)[0].video
+    spec = importlib.util.spec_from_file_location("official_parity", Path(__file__).parents[1] / "benchmarks" / "official_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["official_parity"] = module
+    spec.loader.exec_module(module)
+    args = Namespace(policy=imported, video=video, question="Where?\nA. left\nB. right",
+                     pairs=tmp_path / "pairs.npz", budget=4, candidates=3, fps=4.0, max_frames=16, seed=0, device="cpu")
+    module.ours(args)
+    data = np.load(args.pairs)
+    assert data["order"].shape == (3, 4) and data["logprobs"].shape == (3, 4)
+    assert data["frames"].shape[1:] == (TOWER["image_size"], TOWER["image_size"], 3)
+    assert np.all(data["logprobs"] <= 0) and str(data["question"]).startswith("Where?")
+    assert FramePolicy.from_pretrained(imported).config.prompt_template.startswith("<|system|>")
+    # and `refocus select` runs it as any policy
+    code = run_cli("select", "--policy", imported, "--data", bench, "--budget", 3, "--out", tmp_path / "sel.jsonl")[0]
+    rows = [json.loads(line) for line in (tmp_path / "sel.jsonl").read_text().splitlines()]
+    assert code == 0 and len(rows) == 1 and len(rows[0]["indices"]) == 3
