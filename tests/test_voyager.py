@@ -25,7 +25,7 @@ from refocus.voyager.collect import (
     question_quota,
     sample_combinations,
 )
-from refocus.voyager.config import CollectConfig, VoyagerConfig
+from refocus.voyager.config import CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import best_combination, combination_scores, first_step_logprobs
 from refocus.voyager.ranking import (
     loss_ranks,
@@ -76,7 +76,7 @@ def tiny_config(**kw) -> VoyagerConfig:
                 learning_rate=1e-2, learning_rate_reinit=1e-2, save_steps=2, save_total_limit=10,
                 policy=TINY_POLICY, seed=3)
     base.update(kw)
-    return VoyagerConfig(**base)
+    return load_voyager_config(**base)
 
 
 # ---------------------------------------------------------------------------- sampling
