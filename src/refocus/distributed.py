@@ -42,14 +42,14 @@ def deepspeed_requested() -> bool:
 def process_state():
     """accelerate's ``PartialState`` (initialises the process group on first use under a launch).
 
-    Without CUDA it is asked for CPU processes (gloo), as the trainer's ``Accelerator`` is
-    (accelerate's default would treat a CPU launch as one process), unless DeepSpeed was
-    asked for, which brings its own CPU backend.
+    Without CUDA it is asked for CPU processes (gloo): accelerate's default would treat a CPU
+    launch as one process, with or without DeepSpeed (the trainer's DeepSpeed ``Accelerator``
+    then joins this process group).
     """
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available() and not deepspeed_requested())
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:

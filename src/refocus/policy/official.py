@@ -400,6 +400,8 @@ def map_tensors(tensors: dict, n_layer: int, tower_prefix: str, report: ImportRe
             target = "projector." + key[len(PROJECTOR):]
         else:
             raise RefocusError(f"unexpected tensor {key!r} {tuple(tensor.shape)}; {EXPECTED}")
+        if target == "logit_scale" and tensor.dim() == 0:
+            tensor = tensor.reshape(1)  # ours has shape (1,) (DeepSpeed cannot broadcast 0-dim)
         mapped[target] = tensor
         report.consumed[key] = target
     return mapped

@@ -289,7 +289,8 @@ class PolicyTrainer:
             )
         from safetensors.torch import load_file
 
-        weights = load_file(ckpt / "model.safetensors", device=str(self.accelerator.device))
+        device = self.accelerator.device  # "cpu:0" under a CPU launch, which safetensors refuses
+        weights = load_file(ckpt / "model.safetensors", device="cpu" if device.type == "cpu" else str(device))
         try:
             self.unwrapped.load_state_dict(weights, strict=True)
         except RuntimeError as exc:

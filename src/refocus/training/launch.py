@@ -32,8 +32,16 @@ DEEPSPEED_TAG = "state"
 
 
 def make_accelerator():
+    """The trainer's Accelerator. Under a launch the process group is set up first by
+    :func:`refocus.distributed.process_state` (CPU processes without CUDA: accelerate alone
+    would see a CPU DeepSpeed launch as one process), then DeepSpeed, when asked for, runs
+    in it."""
     from accelerate import Accelerator
 
+    from refocus.distributed import launched, process_state
+
+    if launched():
+        process_state()
     return Accelerator(cpu=not torch.cuda.is_available() and not deepspeed_requested())
 
 
