@@ -278,3 +278,24 @@ def test_parallel_workers_write_the_same_files(tmp_path):
     assert one.read_text().replace(str(tmp_path / "one"), "") == two.read_text().replace(str(tmp_path / "two"), "")
     for a in sorted((tmp_path / "one" / "videos").iterdir()):
         assert a.read_bytes() == (tmp_path / "two" / "videos" / a.name).read_bytes()
+
+
+def test_writer_makes_no_b_frames_and_the_same_bytes_twice(tmp_path):
+    """Decode order is presentation order (every packet's dts equals its pts), the encoder
+    really got the settings (x264 writes the ones it used into the stream; an option name
+    FFmpeg does not know is ignored silently), and the same frames give the same bytes."""
+    from refocus.data.synth.writer import pick_codec, write_video
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]
+    paths = [tmp_path / f"{k}.mp4" for k in range(3)]
+    for path in paths:
+        write_video(path, iter([f.copy() for f in frames]), fps=4.0)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    with av.open(str(paths[0])) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert len(packets) == 20
+    assert [p.pts for p in packets] == [p.dts for p in packets] == sorted(p.pts for p in packets)
+    if pick_codec() == "libx264":
+        used = bytes(packets[0]).split(b" options: ")[1].split(b"\x00")[0].decode().split()
+        assert {"bframes=0", "threads=1"} <= set(used)

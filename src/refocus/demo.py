@@ -205,14 +205,15 @@ def train_policies(train_qa: Path, ref_dir: Path, cfg: DemoConfig, out: Path, pr
     from refocus.training.config import load_config, packaged_config
     from refocus.training.train import train_policy
 
-    base = load_config(packaged_config("tiny"), max_steps=cfg.train_steps, seed=cfg.seed)
+    base = load_config(packaged_config("tiny"), seed=cfg.seed)
     variants = {"policy": base.policy}
     if cfg.task == "query":
         variants["policy-blind"] = {**base.policy, "question_blind": True}
     runs = {}
     for name, policy_overrides in variants.items():
-        train_cfg = load_config(packaged_config("tiny"), max_steps=cfg.train_steps, seed=cfg.seed,
-                                policy=policy_overrides)
+        train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed, policy=policy_overrides)
+        if cfg.train_steps is not None:
+            train_cfg = train_cfg.shortened(cfg.train_steps)
         run = train_policy(train_qa, ref_dir, out / ("train" if name == "policy" else f"train-{name}"),
                            config=train_cfg, progress=progress)
         _remove(out / name)

@@ -20,11 +20,13 @@ COMMAND_MODULES = [
     "frames",
     "reference",
     "filter",
+    "policy",
     "train",
     "select",
     "eval",
     "analyze",
     "voyager",
+    "answerer",
 ]
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from refocus.distributed import add_device_arguments
+
 DEFAULT_DECODE_SIZE = 64
 """Decode size for selectors that ignore pixels (only the timestamps matter to them)."""
 
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "one seeded sample; distribution: top-K of the 64-sample selection distribution)")
     p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
     p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
+    add_device_arguments(p, "the policy (or another model-based selector)")
     p.set_defaults(func=run)
 
 
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     spec, mode = resolve_spec(args)
     errors: list = []
     items = load_questions(resolve_question_file(args.data), errors=errors)
-    selector = get_selector(spec, seed=args.seed, mode=mode)
+    selector = get_selector(spec, seed=args.seed, mode=mode, device=args.device, dtype=args.dtype)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,7 @@ class HFReference:
         dtype: Any = None,
         batch_size: int = 16,
         frame_reuse: bool = True,
+        attn_implementation: str | None = None,
     ) -> HFReference:
         """Load model and processor from a local checkpoint directory (never the hub)."""
         import transformers
@@ -183,8 +184,9 @@ class HFReference:
         from refocus.reference.adapters._processor import load_processor
 
         model_cls = getattr(transformers, cls.model_class)
+        extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         model = model_cls.from_pretrained(
-            str(path), local_files_only=True, dtype=_resolve_dtype(dtype, device)
+            str(path), local_files_only=True, dtype=_resolve_dtype(dtype, device), **extra
         )
         model.to(device)
         processor = load_processor(path)
