@@ -63,7 +63,7 @@ def evaluate_reference(reference, items, budgets=(4, 8), probe_k=8, seed=0) -> d
     from refocus.reference import margin_rewards
     from refocus.video.stores import FrameStore
 
-    store = FrameStore(4.0, 512, capacity=4)
+    store = FrameStore(capacity=4)
     rng = np.random.default_rng(seed)
     tally: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for item in items:

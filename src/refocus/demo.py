@@ -56,7 +56,7 @@ class DemoConfig:
     train_videos: int = 240
     heldout_videos: int = 100
     frames: tuple[int, int] = (64, 256)
-    """Video lengths (frames at 4 fps) of every split."""
+    """Video lengths (frames at the decode rate) of every split."""
     budget: int | None = None
     """Frames every selector may pick at evaluation (T'); None: ``TASK_BUDGET[task]``."""
     seeds: int = 3
@@ -238,7 +238,7 @@ def evaluate_selectors(heldout, reference, cfg: DemoConfig, out: Path, calls: di
         from refocus.selectors.voyager import VoyagerSelector
 
         selectors["voyager"] = VoyagerSelector.from_dir(voyager_dir, name="voyager", seed=cfg.seed)
-    store = FrameStore(4.0, 512)
+    store = FrameStore()
     table = {}
     for name, selector in selectors.items():
         result = evaluate(heldout, reference, selector, [cfg.eval_budget], cfg.seeds, store=store, progress=progress)
