@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,31 +134,60 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     reference-model calls as ReFoCUS used (filter + GRPO)."""
     import torch
 
-    from refocus.analysis.niah import NiahConfig, run_niah_analysis
-    from refocus.data.questions import load_questions
-    from refocus.evaluation import evaluate, write_evaluation
-    from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
-    from refocus.reference import load_reference
-    from refocus.selectors import get_selector
-    from refocus.selectors.policy import PolicySelector
-    from refocus.training.config import load_config, packaged_config
-    from refocus.training.train import train_policy
-    from refocus.video.stores import FrameStore
+    from refocus.pipeline import Laps
 
     cfg = DemoConfig.quick_config() if quick else DemoConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    lap = Laps()
+    torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription and is as fast as two here
+    train_qa, heldout_qa = _demo_data(cfg, out, progress)
+    lap("synth")
+    ref_dir, trained_now = get_small_reference(train_qa, cfg, progress)
+    _link(out / "reference", ref_dir)
+    from refocus.reference import load_reference
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
+    reference = load_reference(ref_dir, batch_size=16)
+    lap("reference")
+    trained = _train_policy(cfg, train_qa, reference, ref_dir, out, lap, progress)
+    lap("train")
+    calls = {"policy": trained.reference_calls}  # filter probes + GRPO rewards
+    voyager_run = None
+    if voyager:
+        from refocus.voyager.train import run_voyager
 
-    # Tiny models: one thread avoids oversubscription and is as fast as two here.
-    torch.set_num_threads(1)
+        voyager_run = run_voyager(trained.train_qa, ref_dir, out / "voyager", reference=reference,
+                                  max_reference_calls=calls["policy"], progress=progress)
+        calls["voyager"] = voyager_run["reference_calls"]
+        lap("voyager")
+    heldout, selectors, table = _evaluate(cfg, heldout_qa, reference, out, voyager_run, calls, progress)
+    lap("eval")
+    from refocus.analysis.niah import NiahConfig, run_niah_analysis
+
+    niah = run_niah_analysis(
+        reference, [selectors["uniform"], selectors["policy"]], out / "niah",
+        NiahConfig(lengths=cfg.niah_lengths, positions=cfg.niah_positions, per_cell=cfg.niah_per_cell,
+                   budget=cfg.budget, seed=cfg.seed, train_max_frames=cfg.frames[1]),
+        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
+        progress=progress,
+    )
+    lap("niah")
+    results = _results(cfg, quick, table, heldout, ref_dir, trained_now, trained, niah, lap.seconds)
+    write_json(out / "results.json", results)
+    curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
+    write_report(out, results, figures={
+        "niah": "niah/niah.png",
+        "training": curves.name if curves else None,
+        "filter": "filter/train.filtered.variance.png",
+    })
+    lap("report")
+    results["timings_s"] = lap.seconds
+    write_json(out / "results.json", results)
+    return DemoResult(out, results, lap.seconds)
+
+
+def _demo_data(cfg: DemoConfig, out: Path, progress: bool) -> tuple[Path, Path]:
+    """The cached training and held-out niah splits, linked into ``out/data``."""
     data_root = cache_root() / "demo-data"
     train_qa = _synth("niah", data_root / f"train-{_key(cfg.train_videos, cfg.frames, cfg.seed)}",
                       cfg.train_videos, cfg.frames, cfg.seed, progress)
@@ -167,49 +195,35 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
                         cfg.heldout_videos, cfg.frames, cfg.seed + 1, progress)
     _link(out / "data" / "train", train_qa.parent)
     _link(out / "data" / "heldout", heldout_qa.parent)
-    lap("synth")
+    return train_qa, heldout_qa
 
-    ref_dir, trained_now = get_small_reference(train_qa, cfg, progress)
-    _link(out / "reference", ref_dir)
-    reference = load_reference(ref_dir, batch_size=16)
-    lap("reference")
 
-    filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
-    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
-    filter_info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
-    train_qa = out / "filter" / "train.filtered.jsonl"
-    if filter_info["kept"] < cfg.min_train_items:
-        # A weak reference (e.g. --quick) gives flat margins: train on the most variable items.
-        from refocus.data.questions import write_questions
-
-        ranked = sorted(filtered.scored, key=lambda pair: -pair[1]["variance"])[: cfg.min_train_items]
-        train_qa = out / "filter" / "train.top_variance.jsonl"
-        write_questions(train_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
-        filter_info["fallback"] = f"only {filter_info['kept']} items passed tau; trained on the {len(ranked)} most variable"
-    lap("filter")
+def _train_policy(cfg: DemoConfig, train_qa: Path, reference, ref_dir: Path, out: Path, lap, progress: bool):
+    """Filter, then GRPO with ``configs/tiny.yaml``; the policy is copied to ``out/policy``."""
+    from refocus.filtering.filter import FilterConfig
+    from refocus.pipeline import filter_and_train
+    from refocus.training.config import load_config, packaged_config
 
     train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed)
     if cfg.train_steps is not None:
         train_cfg = train_cfg.shortened(cfg.train_steps)
-    run = train_policy(train_qa, ref_dir, out / "train",
-                       config=train_cfg, progress=progress)
+    filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
+    trained = filter_and_train(train_qa, reference, ref_dir, out, filter_cfg, train_cfg,
+                               min_train_items=cfg.min_train_items, laps=lap, progress=progress)
     if (out / "policy").exists() or (out / "policy").is_symlink():
         _remove(out / "policy")
-    shutil.copytree(run.policy_dir, out / "policy")
-    lap("train")
+    shutil.copytree(trained.run.policy_dir, out / "policy")
+    return trained
 
-    calls = {"policy": 16 * len(filtered.scored) + run.reference_calls}  # filter probes + GRPO rewards
-    voyager_run = None
-    if voyager:
-        from refocus.voyager.train import run_voyager
 
-        voyager_run = run_voyager(train_qa, ref_dir, out / "voyager", reference=reference,
-                                  max_reference_calls=calls["policy"], progress=progress)
-        calls["voyager"] = voyager_run["reference_calls"]
-        lap("voyager")
+def _evaluate(cfg: DemoConfig, heldout_qa: Path, reference, out: Path, voyager_run, calls: dict, progress: bool):
+    """Every selector on the held-out split at ``cfg.budget``: (items, selectors, table)."""
+    from refocus.data.questions import load_questions
+    from refocus.pipeline import evaluate_selectors
+    from refocus.selectors import get_selector
+    from refocus.selectors.policy import PolicySelector
 
     heldout = load_questions(heldout_qa)
-    store = FrameStore()
     selectors = {
         "uniform": get_selector("uniform", seed=cfg.seed),
         "random": get_selector("random", seed=cfg.seed),
@@ -220,55 +234,32 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         from refocus.selectors.voyager import VoyagerSelector
 
         selectors["voyager"] = VoyagerSelector.from_dir(voyager_run["policy_dir"], name="voyager", seed=cfg.seed)
-    table = {}
-    for name, selector in selectors.items():
-        result = evaluate(heldout, reference, selector, [cfg.budget], cfg.seeds, store=store, progress=progress)
-        write_evaluation(result, out / "eval" / name)
-        r = result["budgets"][cfg.budget]
-        table[name] = {
-            "accuracy": r["accuracy"],
-            "accuracy_std": r["accuracy_std"],
-            "evidence_recall": r["evidence_recall"],
-            "seconds_per_item": r["seconds_per_item"],
-            "training_reference_calls": calls.get(name),
-        }
-    lap("eval")
+    results = evaluate_selectors(heldout, reference, selectors, cfg.budget, cfg.seeds, out=out / "eval",
+                                 progress=progress)
+    table = {
+        name: {"accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"], "evidence_recall": r["evidence_recall"],
+               "seconds_per_item": r["seconds_per_item"], "training_reference_calls": calls.get(name)}
+        for name, r in results.items()
+    }
+    return heldout, selectors, table
 
-    niah = run_niah_analysis(
-        reference, [selectors["uniform"], selectors["policy"]], out / "niah",
-        NiahConfig(lengths=cfg.niah_lengths, positions=cfg.niah_positions, per_cell=cfg.niah_per_cell,
-                   budget=cfg.budget, seed=cfg.seed, train_max_frames=cfg.frames[1]),
-        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
-        progress=progress,
-    )
-    lap("niah")
 
-    curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
-    results = {
+def _results(cfg: DemoConfig, quick: bool, table: dict, heldout: list, ref_dir: Path, trained_now: bool,
+             trained, niah: dict, timings: dict) -> dict:
+    filter_info, run = trained.filter_info, trained.run
+    return {
         "budget": cfg.budget,
         "selectors": table,
         "heldout_items": len(heldout),
-        "reference": {"path": str(ref_dir), "trained_now": trained_now,
-                      **_reference_summary(ref_dir)},
+        "reference": {"path": str(ref_dir), "trained_now": trained_now, **_reference_summary(ref_dir)},
         "filter": {k: filter_info[k] for k in ("kept", "total", "tau", "variance_quantiles", "fallback")
                    if k in filter_info},
-        "train": {"steps": run.steps, "reference_calls": run.reference_calls,
-                  "last_metrics": run.last_metrics},
+        "train": {"steps": run.steps, "reference_calls": run.reference_calls, "last_metrics": run.last_metrics},
         "niah": {name: {"accuracy": s["accuracy"], "evidence_recall": s["evidence_recall"]}
                  for name, s in niah["selectors"].items()},
         "timings_s": timings,
         "config": asdict(cfg) | {"quick": quick},
     }
-    write_json(out / "results.json", results)
-    write_report(out, results, figures={
-        "niah": "niah/niah.png",
-        "training": curves.name if curves else None,
-        "filter": "filter/train.filtered.variance.png",
-    })
-    lap("report")
-    results["timings_s"] = timings
-    write_json(out / "results.json", results)
-    return DemoResult(out, results, timings)
 
 
 def _reference_summary(ref_dir: Path) -> dict:
