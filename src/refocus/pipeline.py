@@ -1,6 +1,7 @@
 """The stages of the ReFoCUS pipeline that the demo and the benchmarks run alike: filter the
-training questions with the reference model, train a policy with GRPO on the kept ones, and
-evaluate a set of selectors on held-out questions with the reference model answering.
+training questions with the reference model (:func:`filter_split`; GRPO on the kept ones is
+``refocus.training.train_policy``), and evaluate a set of selectors on held-out questions
+with the reference model answering (:func:`evaluate_selectors`).
 
 ``refocus.demo`` and ``benchmarks/grpo_vs_voyager.py`` compose these; each stage is also a
 command of its own (``refocus filter``, ``refocus train``, ``refocus eval``).
@@ -9,7 +10,6 @@ command of its own (``refocus filter``, ``refocus train``, ``refocus eval``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +27,18 @@ class Laps:
         self._clock = now
 
 
-@dataclass
-class TrainedPolicy:
-    """What :func:`filter_and_train` leaves: the filter's report and the GRPO run."""
+def filter_split(
+    train_qa: Path, reference: Any, filter_cfg: Any, out: Path, *, min_train_items: int = 0, progress: bool = True,
+) -> tuple[Path, dict, int]:
+    """Appendix A filtering of a training split into ``out/filter/``.
 
-    train_qa: Path
-    """The question file the policy was trained on (kept questions, or the fallback)."""
-    filter_info: dict
-    filter_calls: int
-    """Subsets the reference model scored while filtering (16 probes per scored question)."""
-    run: Any
-    """The :class:`refocus.training.trainer.TrainResult`."""
-    scored: list = field(default_factory=list)
-
-    @property
-    def reference_calls(self) -> int:
-        """Filter probes plus GRPO rewards."""
-        return self.filter_calls + self.run.reference_calls
-
-
-def filter_and_train(
-    train_qa: Path, reference: Any, reference_dir: Path, out: Path, filter_cfg: Any, train_cfg: Any,
-    *, min_train_items: int = 0, train_dir: Path | None = None, laps: Laps | None = None,
-    progress: bool = True,
-) -> TrainedPolicy:
-    """Appendix A filtering into ``out/filter/``, then GRPO into ``train_dir`` (default ``out/train``).
-
-    With fewer than ``min_train_items`` questions kept (a weak reference gives flat margins),
-    the policy trains on the ``min_train_items`` most variable questions instead, and
-    ``filter_info["fallback"]`` says so.
+    Returns (the question file to train on, the filter's report, the number of scored
+    questions: the reference model scored 16 probe subsets for each). With fewer than
+    ``min_train_items`` questions kept (a weak reference gives flat margins) the file holds the
+    ``min_train_items`` most variable questions instead, and the report's ``fallback`` says so.
     """
     from refocus.data.questions import load_questions, write_questions
     from refocus.filtering.filter import run_filter, write_filter_outputs
-    from refocus.training.train import train_policy
 
     filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
     kept_qa = out / "filter" / "train.filtered.jsonl"
@@ -69,10 +48,7 @@ def filter_and_train(
         kept_qa = out / "filter" / "train.top_variance.jsonl"
         write_questions(kept_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
         info["fallback"] = f"only {info['kept']} items passed tau; trained on the {len(ranked)} most variable"
-    if laps is not None:
-        laps("filter")
-    run = train_policy(kept_qa, reference_dir, train_dir or out / "train", config=train_cfg, progress=progress)
-    return TrainedPolicy(kept_qa, info, 16 * len(filtered.scored), run, filtered.scored)
+    return kept_qa, info, len(filtered.scored)
 
 
 def evaluate_selectors(

@@ -99,6 +99,32 @@ class _Video:
     frames: np.ndarray  # (T, S, S, 3) uint8
     evidence_mask: np.ndarray  # (T,) bool
     spans: list[np.ndarray]  # frame indices per evidence span
+    objects: list[tuple[str, str] | None] = field(default_factory=list)
+    """Per decoded frame, the (colour, shape) of the object shown, or None (haystack only);
+    empty when the item does not describe its objects (real benchmarks)."""
+
+
+def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
+    """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown.
+
+    ``query`` and ``multi`` items list their events (``meta["events"]``: colour, shape, first
+    and last source frame), ``niah`` items their needle (``needle_frames``, ``color``,
+    ``shape``). A decoded frame at time t is source frame ``round(t * meta["fps"])``.
+    """
+    meta = item.meta
+    if "events" in meta:
+        events = [((e["color"], e["shape"]), e["frames"]) for e in meta["events"]]
+    elif {"needle_frames", "color", "shape"} <= set(meta):
+        events = [((meta["color"], meta["shape"]), meta["needle_frames"])]
+    else:
+        return []
+    fps = float(meta.get("fps", 4.0))
+    source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
+    out: list[tuple[str, str] | None] = [None] * len(source)
+    for obj, (first, last) in events:
+        for i in np.flatnonzero((source >= first) & (source <= last)):
+            out[int(i)] = obj
+    return out
 
 
 def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
@@ -249,9 +275,9 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     return read + name
 
 
-def _frame_words(item: QAItem, needle: bool) -> list[str]:
-    """The words a frame stands for in stage 1: the needle's colour and shape, or "clutter"."""
-    return [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+def _frame_words(obj: tuple[str, str] | None) -> list[str]:
+    """The words a frame stands for in stage 1: its object's colour and shape, or "clutter"."""
+    return ["clutter"] if obj is None else [obj[0], obj[1]]
 
 
 def _frame_word_ids(word_ids: dict[str, int], words: list[str], tokens: int) -> list[int]:
@@ -289,27 +315,28 @@ def compose_option_embeddings(model, tokenizer) -> int:
     return count
 
 
-def _describable(item: QAItem) -> bool:
-    return "color" in item.meta and "shape" in item.meta and item.category in ("needle_color", "needle_shape")
+def _describable(item: QAItem, video: _Video) -> bool:
+    """Whether stage 1 and 2 can use the item: its frames' objects are known."""
+    return any(o is not None for o in video.objects)
 
 
-def _pseudo_forward(model, prompts, word_ids, batch, kinds, tokens: int, rng: np.random.Generator):
+def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
-    The image placeholders are replaced by the ids of the words the frame stands for, so the
-    language model embeds them itself: one embedding lookup for the whole batch.
+    ``batch``: (item, the objects of its K chosen frames). The image placeholders are replaced
+    by the ids of the words each frame stands for, so the language model embeds them itself:
+    one embedding lookup for the whole batch.
     """
-    encoded = [prompts.encode(item, k) for item, k in batch]
+    encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
     tok = prompts.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
     input_ids = torch.full((len(batch), L), tok.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(batch), L), dtype=torch.long)
     option_pos = []
-    for i, ((item, k), (ids, ends), kind) in enumerate(zip(batch, encoded, kinds, strict=True)):
+    for i, ((_, objs), (ids, ends)) in enumerate(zip(batch, encoded, strict=True)):
         off = L - len(ids)
-        needle_at = int(rng.integers(k)) if kind == "positive" else -1
-        frames = [_frame_word_ids(word_ids, _frame_words(item, j == needle_at), tokens) for j in range(k)]
+        frames = [_frame_word_ids(word_ids, _frame_words(o), tokens) for o in objs]
         row = torch.tensor(ids)
         row[row == image_id] = torch.tensor([t for f in frames for t in f])
         input_ids[i, off:] = row
@@ -370,7 +397,8 @@ def _decode_items(items: list[QAItem], cfg: SmallReferenceTrainConfig, progress:
             mask = evidence_frame_mask(dv.timestamps, item.evidence)
             if mask is None:
                 mask = np.zeros(len(dv.frames), dtype=bool)
-            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence))
+            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence),
+                                 frame_objects(item, dv.timestamps))
         if not item.evidence:
             skipped.append({"id": item.id, "reason": "no evidence spans"})
             continue
@@ -397,19 +425,20 @@ class _StageSteps:
         kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
         self.kind_p = kind_p / kind_p.sum()
         self.tokens = self.prompts.tokens_per_image
-        self.described = [it for it in train_items if _describable(it)]
-        words = ["clutter", *sorted({w for it in self.described for w in (it.meta["color"], it.meta["shape"])}
+        self.described = [it for it in train_items if _describable(it, videos[str(it.video)])]
+        words = ["clutter", *sorted({w for it in self.described for o in videos[str(it.video)].objects if o for w in o}
                                     | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
         self.word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
         self.paste_colours = [c for c in COLORS if c in self.word_ids]
         self.paste_shapes = [s for s in SHAPES if s in self.word_ids]
-        self.needle_frames = [(it, i) for it in self.described for i in videos[str(it.video)].spans[0]]
+        self.object_frames = [(str(it.video), i) for it in self.described
+                              for i, o in enumerate(videos[str(it.video)].objects) if o is not None]
 
     def stages(self) -> list[Stage]:
         cfg = self.cfg
         return [
             Stage("align", self.align_step, cfg.align_steps if self.described else 0, cfg.lr),
-            Stage("vision", self.vision_step, cfg.vision_steps if self.needle_frames else 0, cfg.vision_lr,
+            Stage("vision", self.vision_step, cfg.vision_steps if self.object_frames else 0, cfg.vision_lr,
                   vision_only=True),
             Stage("joint", self.joint_step, cfg.steps, cfg.joint_lr, tower_frozen=not cfg.joint_trains_vision),
         ]
@@ -432,9 +461,11 @@ class _StageSteps:
     def align_step(self) -> tuple[torch.Tensor, float]:
         """Stage 1: the language model learns to answer from frames given as words."""
         k, items_, kinds_ = self.draw_batch(self.described)
-        kinds_ = ["negative" if kd == "negative" else "positive" for kd in kinds_]
-        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, [(it, k) for it in items_],
-                                             kinds_, self.tokens, self.rng)
+        batch = []
+        for it, kind in zip(items_, kinds_, strict=True):
+            v = self.videos[str(it.video)]
+            batch.append((it, [v.objects[i] for i in sample_subset(self.rng, v, k, kind)]))
+        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
         return self.answer_loss(hidden, option_pos, items_, kinds_)
 
     def vision_step(self) -> tuple[torch.Tensor, float]:
@@ -443,18 +474,18 @@ class _StageSteps:
         n_hay = cfg.vision_batch_size // 4
         n_needle = cfg.vision_batch_size - n_hay
         n_paste = int(round(cfg.paste_fraction * n_needle)) if self.paste_colours and self.paste_shapes else 0
-        picks = [self.needle_frames[i] for i in rng.integers(0, len(self.needle_frames), n_needle - n_paste)]
+        picks = [self.object_frames[i] for i in rng.integers(0, len(self.object_frames), n_needle - n_paste)]
         hay = []
         for i in rng.integers(0, len(self.described), n_hay + n_paste):
             v = videos[str(self.described[i].video)]
-            pool = np.flatnonzero(~v.evidence_mask)
-            hay.append(v.frames[int(rng.choice(pool)) if len(pool) else 0])
+            pool = [j for j, o in enumerate(v.objects) if o is None]
+            hay.append(v.frames[int(rng.choice(pool)) if pool else 0])
         pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), self.paste_colours, self.paste_shapes) \
             if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
-        frames = np.concatenate([np.stack([videos[str(it.video)].frames[i] for it, i in picks]), pasted,
+        frames = np.concatenate([np.stack([videos[key].frames[i] for key, i in picks]), pasted,
                                  np.stack(hay[:n_hay])])
-        colours = [it.meta["color"] for it, _ in picks] + p_colours + [None] * n_hay
-        shapes = [it.meta["shape"] for it, _ in picks] + p_shapes + [None] * n_hay
+        colours = [videos[key].objects[i][0] for key, i in picks] + p_colours + [None] * n_hay
+        shapes = [videos[key].objects[i][1] for key, i in picks] + p_shapes + [None] * n_hay
         frames = dihedral_shift(rng, frames)
         frames, colours = permute_channels(rng, frames, colours)
         with torch.no_grad():
@@ -532,6 +563,9 @@ def train_small_reference(
         "skipped": skipped,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": stage_seconds,
+        # questions whose frames' objects are known (stages 1-2) and the object frames of stage 2
+        "described_questions": len(steps.described),
+        "object_frames": len(steps.object_frames),
         **val,
         "config": asdict(cfg),
         "history": history,
