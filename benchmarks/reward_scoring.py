@@ -1,6 +1,6 @@
 """Reward scoring: frame reuse vs naive per-subset scoring, for every reference family.
 
-For each architecture (tiny random checkpoints from ``refocus.reference.tiny`` at
+For each architecture (tiny random checkpoints from ``tests/tiny_models.py`` at
 ``size="bench"``: 64 px frames, patch 8, a 4-layer vision tower against a 2-layer language
 model of the same width), N subsets of K frames are drawn from a T-frame video and scored
 three ways through the same adapter:
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from refocus.reference.tiny import FAMILIES, build_tiny
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+    from tests.tiny_models import FAMILIES, build_tiny
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -39,17 +39,17 @@ from refocus.analysis.entropy import (
     selection_entropies,
 )
 from refocus.analysis.niah import NiahConfig, run_niah_analysis
-from refocus.analysis.temporal_entropy import kl_entropy
 from refocus.cli import main
 from refocus.data.evidence import evidence_frame_mask
 from refocus.data.questions import load_questions
 from refocus.data.synth import COLORS
 from refocus.data.synth.grid import load_grid, needle_start, write_niah_grid
 from refocus.errors import RefocusError
+from refocus.estimators import kl_entropy
 from refocus.selectors import get_selector
 from refocus.selectors.base import uniform_indices
-from refocus.training.data import FrameStore
 from refocus.video import load_video
+from refocus.video.stores import FrameStore
 
 LENGTHS = (16, 40)
 POSITIONS = 3

@@ -17,7 +17,7 @@ from refocus.analysis.distances import (
     symmetric_kl,
     wasserstein,
 )
-from refocus.analysis.temporal_entropy import kl_entropy, kl_entropy_batch, knn_distances
+from refocus.estimators import kl_entropy, kl_entropy_batch, knn_distances
 
 # --- Kozachenko–Leonenko ------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from refocus.data.evidence import evidence_frame_mask
 from refocus.data.questions import load_questions
 from refocus.evaluation import evaluate, write_evaluation
 from refocus.selectors import get_selector
-from refocus.training.data import FrameStore
+from refocus.video.stores import FrameStore
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -181,6 +181,31 @@ def test_selection_only_run_without_answerer(items):
     assert result["budgets"][1]["accuracy"] is None
     assert result["budgets"][64]["evidence_recall"] == 1.0  # every frame of <= 48-frame videos
     assert all(r["prediction"] is None for r in result["predictions"])
+
+
+def test_evidence_recall_all_needs_every_span(tmp_path):
+    from refocus.data.evidence import evidence_spans_frames, hits_all_evidence
+    from refocus.data.synth import make_benchmark
+
+    spans = [np.array([2, 3]), np.array([9]), np.array([], dtype=np.int64)]
+    assert hits_all_evidence([3, 9], spans) is True  # the empty span cannot be hit: ignored
+    assert hits_all_evidence([2, 3, 5], spans) is False
+    assert hits_all_evidence([1], [np.array([], dtype=np.int64)]) is False
+    assert hits_all_evidence([1], []) is None
+
+    multi = load_questions(make_benchmark("multi", tmp_path / "multi", videos=6, frames=(40, 56), seed=1))
+    store = FrameStore()
+    result = evaluate(multi, None, get_selector("oracle"), [1, 16], store=store, progress=False)
+    one, many = result["budgets"][1], result["budgets"][16]
+    assert one["evidence_recall"] == many["evidence_recall"] == 1.0
+    assert many["evidence_recall_all"] == 1.0  # at most 6 events: one frame each fits in 16
+    single = [len(evidence_spans_frames(store.get(it, 64).timestamps, it.evidence)) == 1 for it in multi]
+    assert one["evidence_recall_all"] == pytest.approx(np.mean(single), abs=1e-6)  # one frame covers one span
+    assert 0 < one["evidence_recall_all"] < 1
+    for r in result["predictions"]:
+        assert r["hit_all_evidence"] == (r["budget"] == 16 or single[[it.id for it in multi].index(r["id"])])
+    assert set(one["per_category"]) == {"order", "count", "compare"}
+    assert one["per_category"]["order"]["evidence_recall_all"] == 0.0  # three events, one frame
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -89,7 +89,7 @@ def setup(tmp_path_factory):
     from refocus.data.synth import make_benchmark
     from refocus.policy import FramePolicy, FramePolicyConfig
     from refocus.reference.small_model import train_tokenizer
-    from refocus.reference.tiny import build_tiny
+    from tiny_models import build_tiny
 
     tmp = tmp_path_factory.mktemp("lmms")
     qa = make_benchmark("niah", tmp / "bench", videos=4, frames=(32, 48), seed=0)
@@ -160,7 +160,7 @@ def test_lmms_eval_cli_shows_the_answerer_the_frames_refocus_select_chose(setup)
 @pytest.mark.slow
 def test_lmms_eval_cli_internvl_from_a_selection_file(setup):
     """InternVL3 (-hf) through lmms-eval's own InternVLHf.generate_until, frames from SEL.jsonl."""
-    from refocus.reference.tiny import build_tiny
+    from tiny_models import build_tiny
 
     tmp, env = setup["tmp"], setup["env"]
     answerer = build_tiny("internvl", tmp / "internvl")

@@ -1,6 +1,6 @@
 """Reference-model adapters on tiny random checkpoints of every supported family.
 
-Each family is built once per module (``refocus.reference.tiny``), saved like a real
+Each family is built once per module (``tests/tiny_models.py``), saved like a real
 checkpoint and loaded through ``load_reference``. The checks: the letter logits the adapter
 reads equal a plain ``model(**processor(...))`` forward at the last position; frame reuse
 gives the same logits and margins as naive per-subset scoring; the margin reward matches
@@ -19,6 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from tiny_models import FAMILIES, _qwen_style, build_tiny, train_family_tokenizer  # noqa: E402
+
 from refocus.data.questions import QAItem  # noqa: E402
 from refocus.errors import RefocusError  # noqa: E402
 from refocus.reference import (  # noqa: E402
@@ -33,7 +35,6 @@ from refocus.reference.base import (  # noqa: E402
     _pick_letters,
     resolve_letter_tokens,
 )
-from refocus.reference.tiny import FAMILIES, _qwen_style, build_tiny, train_tokenizer  # noqa: E402
 
 ADAPTER_NAMES = {
     "llava": "LlavaReference",
@@ -113,7 +114,7 @@ GOLDEN_PROMPT = (
 
 
 def test_prompt_snapshot():
-    tokenizer = train_tokenizer("word", ["<|im_start|>", "<|im_end|>"], {"image_token": "<image>"})
+    tokenizer = train_family_tokenizer("word", ["<|im_start|>", "<|im_end|>"], {"image_token": "<image>"})
     tokenizer.chat_template = _qwen_style("<image>")
     messages = build_prompt_messages(ITEM, 3)
     assert render_prompt(tokenizer, messages) == GOLDEN_PROMPT
@@ -134,7 +135,7 @@ def test_adapter_prompt_puts_each_frame_on_its_own_line(references):
 
 
 def test_prompt_folds_system_into_user_when_template_has_no_system_role():
-    tokenizer = train_tokenizer("word", ["<|im_start|>", "<|im_end|>"], {"image_token": "<image>"})
+    tokenizer = train_family_tokenizer("word", ["<|im_start|>", "<|im_end|>"], {"image_token": "<image>"})
     tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'system' %}"
         "{{ raise_exception('System role not supported') }}{% endif %}"
@@ -149,13 +150,13 @@ def test_prompt_folds_system_into_user_when_template_has_no_system_role():
 
 # ------------------------------------------------------------------------------- letter tokens
 def test_letter_tokens_word_tokenizer_has_only_bare_letters():
-    tokenizer = train_tokenizer("word", ["<|im_start|>", "<|im_end|>"])
+    tokenizer = train_family_tokenizer("word", ["<|im_start|>", "<|im_end|>"])
     ids = resolve_letter_tokens(tokenizer, "<|im_start|>assistant\n", "ABCD")
     assert ids == [(tokenizer.convert_tokens_to_ids(c),) for c in "ABCD"]
 
 
 def test_letter_tokens_bytelevel_tokenizer_keeps_both_spellings():
-    tokenizer = train_tokenizer("bytelevel", ["<|im_start|>", "<|im_end|>"])
+    tokenizer = train_family_tokenizer("bytelevel", ["<|im_start|>", "<|im_end|>"])
     ids = resolve_letter_tokens(tokenizer, "<|im_start|>assistant\n", "ABC")
     for letter, variants in zip("ABC", ids, strict=True):
         pieces = set(tokenizer.convert_ids_to_tokens(list(variants)))
@@ -163,7 +164,7 @@ def test_letter_tokens_bytelevel_tokenizer_keeps_both_spellings():
 
 
 def test_letter_tokens_sentencepiece_style_after_colon():
-    tokenizer = train_tokenizer("metaspace", ["<|im_start|>"])
+    tokenizer = train_family_tokenizer("metaspace", ["<|im_start|>"])
     ids = resolve_letter_tokens(tokenizer, "<|im_start|>Assistant:", "AB")
     for letter, variants in zip("AB", ids, strict=True):
         assert "▁" + letter in tokenizer.convert_ids_to_tokens(list(variants))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -211,6 +213,34 @@ def test_policy_sample_is_seeded(policy_dir, niah):
     assert runs != [b.select(v, it, 6) for it, v in zip(items[:3], videos[:3], strict=True)]
 
 
+def test_question_blind_policy_ignores_the_question(policy_dir, niah, tmp_path):
+    """The same weights with ``question_blind``: the selection no longer depends on the question."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from refocus.policy import BLIND_QUESTION, FramePolicy, tokenize_question
+
+    items, videos = niah
+    other = dataclasses.replace(items[1], question=items[0].question)
+    assert other.question != items[1].question
+    policy = FramePolicy.from_pretrained(policy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    dists = {}
+    for blind in (False, True):
+        policy.config.question_blind = blind
+        policy.save_pretrained(tmp_path / str(blind))
+        tokenizer.save_pretrained(tmp_path / str(blind))
+        sel = get_selector(f"policy:{tmp_path / str(blind)}", mode="distribution", seed=0)
+        assert sel.policy.config.question_blind is blind  # the switch is saved with the checkpoint
+        dists[blind] = [sel.selection_distribution(videos[1], it, 5) for it in (items[1], other)]
+    # untrained, the question moves the distribution by only ~1e-7 (its state decays), but it does
+    assert np.abs(dists[False][0] - dists[False][1]).max() > 1e-8
+    np.testing.assert_array_equal(*dists[True])
+    ids = tokenize_question(tokenizer, items[1], blind=True)
+    assert ids.tolist() == tokenize_question(tokenizer, BLIND_QUESTION).tolist()
+
+
 def test_policy_distribution_mode_takes_top_frames(policy_dir, niah):
     items, videos = niah
     sel = get_selector(f"policy:{policy_dir}", mode="distribution", seed=0)
@@ -220,3 +250,34 @@ def test_policy_distribution_mode_takes_top_frames(policy_dir, niah):
     assert idx == sorted(np.argsort(-dist, kind="stable")[:5].tolist())
     with pytest.raises(RefocusError, match="one of"):
         get_selector(f"policy:{policy_dir}", mode="beam")
+
+
+def test_policy_selector_runs_in_the_given_dtype(policy_dir, niah, tmp_path):
+    items, videos = niah
+    fp32 = get_selector(f"policy:{policy_dir}", device="cpu", dtype="float32")
+    bf16 = get_selector(f"policy:{policy_dir}", device="cpu", dtype="bfloat16")
+    assert next(bf16.policy.parameters()).dtype == torch.bfloat16
+    assert next(fp32.policy.parameters()).dtype == torch.float32
+    picked = bf16.select(videos[0], items[0], 6)
+    assert len(picked) == 6 and picked == sorted(set(picked))
+    # the command line reaches the same place
+    from refocus.cli import main
+
+    bench = Path(items[0].video).parents[1]
+    out = tmp_path / "sel.jsonl"
+    assert main(["select", "--policy", str(policy_dir), "--data", str(bench), "--budget", "4",
+                 "--out", str(out), "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(len(r["indices"]) == 4 for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_policy_selector_defaults_to_bf16_on_cuda(policy_dir, niah):
+    items, videos = niah
+    sel = get_selector(f"policy:{policy_dir}")
+    param = next(sel.policy.parameters())
+    assert param.device.type == "cuda" and param.dtype == torch.bfloat16
+    greedy = sel.select(videos[0], items[0], 6)
+    cpu = get_selector(f"policy:{policy_dir}", device="cpu", dtype="float32").select(videos[0], items[0], 6)
+    assert len(greedy) == 6 and len(set(greedy) & set(cpu)) >= 4  # bf16 may flip near-ties

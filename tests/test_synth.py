@@ -125,6 +125,54 @@ def test_multi_events_are_drawn_and_questions_are_consistent(multi):
             assert len(item.evidence) == len(events)
 
 
+@pytest.fixture(scope="module")
+def query(tmp_path_factory) -> Path:
+    return make_benchmark("query", tmp_path_factory.mktemp("query"), 4, (48, 96), seed=3)
+
+
+def test_query_objects_are_drawn_and_the_question_names_exactly_one(query):
+    items = load_questions(query)
+    assert [it.category for it in items] == ["query_color", "query_shape"] * 2
+    for item in items:
+        frames, times = decode(item.video)
+        events = item.meta["events"]
+        pairs = [(e["color"], e["shape"]) for e in events]
+        assert len(events) == 12 and len(set(pairs)) == 12
+        starts, stops = [e["frames"][0] for e in events], [e["frames"][1] for e in events]
+        assert all(a > b for a, b in zip(starts[1:], stops[:-1], strict=False)), "objects overlap"
+        for e in events:
+            a, b = e["frames"]
+            assert color_fraction(frames[a : b + 1], e["color"]).min() > 0.015
+        named, asked = item.meta["named"], item.meta["asked"]
+        target = {"color": item.meta["color"], "shape": item.meta["shape"]}
+        assert item.question == (f"What colour is the {target['shape']}?" if asked == "color"
+                                 else f"What shape is the {target['color']} object?")
+        # The named value is carried by the target only; the answer is its asked value.
+        (hit,) = [e for e in events if e[named] == target[named]]
+        assert hit[asked] == target[asked] == item.options[item.answer_index]
+        # Every wrong option is the asked value of another object in the same video.
+        assert len(item.options) == len(set(item.options)) == 4
+        others = {e[asked] for e in events if e is not hit}
+        assert set(item.options) - {target[asked]} <= others
+        # Evidence: the target's frames and nothing else.
+        (span,) = item.evidence
+        in_span = np.flatnonzero((times >= span[0] - 1e-6) & (times < span[1] - 1e-6))
+        assert in_span.tolist() == list(range(hit["frames"][0], hit["frames"][1] + 1))
+
+
+def test_query_question_blind_selection_misses_most_of_the_time():
+    """Plans only: the best a selector that ignores the question can do at budget 4 is one frame
+    of each of 4 different objects; it then holds the named object about 1 time in 3."""
+    cfg = SynthConfig()
+    rng = np.random.default_rng(0)
+    hits = []
+    for i in range(300):
+        s = plan_video("query", 0, i, (64, 256), cfg)
+        seen = rng.choice(len(s.events), size=4, replace=False)
+        hits.append(s.evidence[0] in seen)
+    assert 0.2 < float(np.mean(hits)) < 0.45
+
+
 def test_same_seed_same_files_other_seed_different(niah, tmp_path):
     again = make_benchmark("niah", tmp_path / "again", 5, FRAMES, seed=3)
     assert again.read_bytes() == niah.read_bytes()
@@ -155,7 +203,7 @@ def test_plan_matches_written_benchmark(niah):
         assert sample.question == item.question and tuple(sample.options) == item.options
 
 
-@pytest.mark.parametrize("kind", ["niah", "multi"])
+@pytest.mark.parametrize("kind", ["niah", "query", "multi"])
 def test_uniform_sampling_misses_the_evidence_at_small_budgets(kind):
     """Plans only (no rendering): 200 videos of 128-256 frames, uniform midpoint sampling."""
     cfg = SynthConfig()
@@ -186,6 +234,8 @@ def test_bad_arguments_raise_refocus_error(tmp_path):
         make_benchmark("haystack", tmp_path, 1, FRAMES, 0)
     with pytest.raises(RefocusError, match="--frames"):
         make_benchmark("multi", tmp_path, 1, (16, 40), 0)
+    with pytest.raises(RefocusError, match="--frames for query needs 48"):
+        make_benchmark("query", tmp_path, 1, (32, 80), 0)
     with pytest.raises(RefocusError, match="--size"):
         make_benchmark("niah", tmp_path, 1, FRAMES, 0, size=95)
     with pytest.raises(RefocusError, match="--videos"):
@@ -216,6 +266,8 @@ def test_cli_writes_benchmark_and_reports_bad_input(tmp_path, capsys):
     assert len(load_questions(out / "qa.jsonl")) == 2
     assert len(list((out / "videos").glob("*.mp4"))) == 2
 
+    assert main(["synth", "query", "--out", str(tmp_path / "q"), "--videos", "1", "--frames", "48,56"]) == 0
+    assert load_questions(tmp_path / "q" / "qa.jsonl")[0].category == "query_color"
     assert main(["synth", "niah", "--out", str(out), "--frames", "64"]) == 1
     assert "error: --frames expects MIN,MAX" in capsys.readouterr().err
 
@@ -226,3 +278,24 @@ def test_parallel_workers_write_the_same_files(tmp_path):
     assert one.read_text().replace(str(tmp_path / "one"), "") == two.read_text().replace(str(tmp_path / "two"), "")
     for a in sorted((tmp_path / "one" / "videos").iterdir()):
         assert a.read_bytes() == (tmp_path / "two" / "videos" / a.name).read_bytes()
+
+
+def test_writer_makes_no_b_frames_and_the_same_bytes_twice(tmp_path):
+    """Decode order is presentation order (every packet's dts equals its pts), the encoder
+    really got the settings (x264 writes the ones it used into the stream; an option name
+    FFmpeg does not know is ignored silently), and the same frames give the same bytes."""
+    from refocus.data.synth.writer import pick_codec, write_video
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]
+    paths = [tmp_path / f"{k}.mp4" for k in range(3)]
+    for path in paths:
+        write_video(path, iter([f.copy() for f in frames]), fps=4.0)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    with av.open(str(paths[0])) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert len(packets) == 20
+    assert [p.pts for p in packets] == [p.dts for p in packets] == sorted(p.pts for p in packets)
+    if pick_codec() == "libx264":
+        used = bytes(packets[0]).split(b" options: ")[1].split(b"\x00")[0].decode().split()
+        assert {"bframes=0", "threads=1"} <= set(used)

@@ -25,7 +25,7 @@ from refocus.voyager.collect import (
     question_quota,
     sample_combinations,
 )
-from refocus.voyager.config import CollectConfig, VoyagerConfig
+from refocus.voyager.config import CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import best_combination, combination_scores, first_step_logprobs
 from refocus.voyager.ranking import (
     loss_ranks,
@@ -75,7 +75,7 @@ def tiny_config(**kw) -> VoyagerConfig:
                 learning_rate=1e-2, learning_rate_reinit=1e-2, save_steps=2, save_total_limit=10,
                 policy=TINY_POLICY, seed=3)
     base.update(kw)
-    return VoyagerConfig(**base)
+    return load_voyager_config(**base)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -177,7 +177,7 @@ def test_pairwise_ranking_loss_by_hand():
 def test_collection_ranked_by_reference_loss(tmp_path, bench, reference_dir, collection):
     items, rankings, summary = load_rankings(collection)
     ref = load_reference(reference_dir)
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     store = FrameStore(4.0, 512)
     total = 0
@@ -311,7 +311,7 @@ def test_training_lowers_the_ranking_loss_and_logs_metrics(tmp_path, collection,
 def test_save_load_gives_identical_scores_and_selections(tmp_path, bench, collection, reference_dir):
     from refocus.policy import FramePolicy, tokenize_question
     from refocus.selectors import get_selector
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     result = train_voyager(collection, tmp_path, tiny_config(max_steps=3, scoring="set"), progress=False)
     summary = json.loads((tmp_path / "train_summary.json").read_text())
@@ -345,7 +345,7 @@ def test_save_load_gives_identical_scores_and_selections(tmp_path, bench, collec
 def test_sequence_selector_is_greedy_decoding(tmp_path, bench, collection):
     from refocus.policy import tokenize_question
     from refocus.selectors import get_selector
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     train_voyager(collection, tmp_path, tiny_config(max_steps=2, scoring="sequence"), progress=False)
     sel = get_selector(f"voyager:{tmp_path}")

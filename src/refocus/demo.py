@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from refocus.io import write_json
+
 SELECTORS = ("uniform", "random", "policy", "oracle")
 
 
@@ -141,8 +143,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     from refocus.selectors import get_selector
     from refocus.selectors.policy import PolicySelector
     from refocus.training.config import load_config, packaged_config
-    from refocus.training.data import FrameStore
     from refocus.training.train import train_policy
+    from refocus.video.stores import FrameStore
 
     cfg = DemoConfig.quick_config() if quick else DemoConfig()
     out = Path(out_dir)
@@ -186,7 +188,9 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         filter_info["fallback"] = f"only {filter_info['kept']} items passed tau; trained on the {len(ranked)} most variable"
     lap("filter")
 
-    train_cfg = load_config(packaged_config("tiny"), max_steps=cfg.train_steps, seed=cfg.seed)
+    train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed)
+    if cfg.train_steps is not None:
+        train_cfg = train_cfg.shortened(cfg.train_steps)
     run = train_policy(train_qa, ref_dir, out / "train",
                        config=train_cfg, progress=progress)
     if (out / "policy").exists() or (out / "policy").is_symlink():
@@ -255,7 +259,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         "timings_s": timings,
         "config": asdict(cfg) | {"quick": quick},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     write_report(out, results, figures={
         "niah": "niah/niah.png",
         "training": curves.name if curves else None,
@@ -263,7 +267,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     })
     lap("report")
     results["timings_s"] = timings
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     return DemoResult(out, results, timings)
 
 

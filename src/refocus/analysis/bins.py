@@ -131,7 +131,7 @@ def run_bins_analysis(
     from tqdm.auto import tqdm
 
     from refocus.data.evidence import evidence_frame_mask, hits_evidence
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or BinsConfig()
     items = list(items)[: cfg.max_items] if cfg.max_items else list(items)
@@ -196,7 +196,7 @@ def run_bins_analysis(
         "skipped": skipped,
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_bins(out, out_dir / PNG_NAME))

@@ -182,7 +182,7 @@ def run_diversity_analysis(
     """
     from tqdm.auto import tqdm
 
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or DiversityConfig()
     items = list(items)[: cfg.max_items] if cfg.max_items else list(items)
@@ -231,7 +231,7 @@ def run_diversity_analysis(
         "skipped": skipped,
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_diversity(out, examples, out_dir / PNG_NAME))

@@ -1,7 +1,7 @@
 """Temporal entropy of the policy's selections over training (paper §4.3, Fig. 6).
 
 For every checkpoint of a training run, the policy samples ``samples`` selections per item,
-and the Kozachenko–Leonenko entropy (``refocus.analysis.temporal_entropy.kl_entropy``, k-NN
+and the Kozachenko–Leonenko entropy (``refocus.estimators.kl_entropy``, k-NN
 with ``knn`` = 1) of each selection's frame times measures how spread out it is; the curve
 per selection size T' shows whether the policy narrows onto a window as it trains (the
 paper: small T' falls, T' = 32 stays high).
@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from refocus.analysis.temporal_entropy import kl_entropy
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.estimators import kl_entropy
 
 JSON_NAME = "entropy.json"
 PNG_NAME = "entropy.png"
@@ -175,7 +175,7 @@ def run_entropy_analysis(
     """
     from tqdm.auto import tqdm
 
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or EntropyConfig()
     if checkpoints is None:
@@ -243,7 +243,7 @@ def run_entropy_analysis(
         "skipped": skipped,
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_entropy(out, out_dir / PNG_NAME))
@@ -278,11 +278,11 @@ def _sample_orders(selector: Any, feats: Any, item: QAItem, cfg: EntropyConfig, 
     import torch
 
     from refocus.policy import tokenize_question
-    from refocus.selectors.base import item_seed
+    from refocus.seeding import item_seed
 
     steps = min(max(cfg.ks), num_frames)
     generator = torch.Generator().manual_seed(item_seed(cfg.seed, item.id))
-    ids = tokenize_question(selector.tokenizer, item)
+    ids = tokenize_question(selector.tokenizer, item, blind=selector.policy.config.question_blind)
     out = selector.policy.select([feats], [ids], k=steps, num_candidates=cfg.samples,
                                  mode="sample", generator=generator)
     return out.order[0].cpu().numpy()

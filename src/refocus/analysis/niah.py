@@ -167,7 +167,7 @@ def run_niah_analysis(
     lengths) nested lists), "n_items", "skipped"}}, "png"}``.
     """
     from refocus.evaluation import evaluate
-    from refocus.training.data import FrameStore
+    from refocus.video.stores import FrameStore
 
     cfg = config or NiahConfig()
     if not selectors:
@@ -226,7 +226,7 @@ def run_niah_analysis(
         **({"notes": cfg.extra} if cfg.extra else {}),
     }
     if out_dir is not None:
-        from refocus.cli._common import write_json
+        from refocus.io import write_json
 
         out_dir = Path(out_dir)
         out["png"] = str(plot_niah(out, out_dir / PNG_NAME))

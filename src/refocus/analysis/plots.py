@@ -72,12 +72,6 @@ def save(fig: Any, path: str | Path) -> Path:
     tmp.replace(path)
     return path
 
-
-def selector_color(name: str, index: int = 0) -> str:
-    """Colour of a selector by its kind (``policy:DIR`` -> policy), else from a cycle."""
-    return COLORS.get(name.partition(":")[0], SEQUENCE[index % len(SEQUENCE)])
-
-
 def display_name(name: str, names: Sequence[str] = ()) -> str:
     """Short label of a selector spec: ``policy:runs/demo/policy`` -> ``policy`` when it is the
     only policy among ``names``, else ``policy (demo/policy)``."""

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "eval",
     "analyze",
     "voyager",
+    "answerer",
 ]
 
 

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
-from typing import Any
 
 
 def summary(line: str) -> None:
     """Print the one-line summary every command ends with (stderr, so stdout stays JSON)."""
     print(line, file=sys.stderr, flush=True)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def parse_int_pair(text: str, name: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""``refocus synth {niah,multi}``: write a synthetic benchmark (videos + qa.jsonl)."""
+"""``refocus synth {niah,query,multi}``: write a synthetic benchmark (videos + qa.jsonl)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="write a synthetic benchmark: real videos under DIR/videos/ and DIR/qa.jsonl",
         description="Write a synthetic benchmark with known evidence spans. niah: one short "
-        "needle object in a cluttered haystack, questions about its colour or shape. multi: "
+        "needle object in a cluttered haystack, questions about its colour or shape. query: 12 objects "
+        "at separate times, the question names one by its colour or shape and asks the other. multi: "
         "2-6 separated events, questions about their order, count and comparison.",
     )
-    parser.add_argument("kind", choices=["niah", "multi"], help="which benchmark")
+    parser.add_argument("kind", choices=["niah", "query", "multi"], help="which benchmark")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--videos", type=int, default=100, help="number of videos (default 100)")
     parser.add_argument(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refocus.distributed import add_device_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_policy(
         data=resolve_question_file(args.data), reference=args.reference, out_dir=Path(args.out),
         config=args.config, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+        device=args.device, dtype=args.dtype,
     )
     m = result.last_metrics
     summary(

@@ -43,3 +43,16 @@ def hits_evidence(indices: Sequence[int], mask: np.ndarray | None) -> bool | Non
         return None
     idx = np.asarray(list(indices), dtype=np.int64)
     return bool(idx.size and mask[idx].any())
+
+
+def hits_all_evidence(indices: Sequence[int], spans: Sequence[np.ndarray] | None) -> bool | None:
+    """True if every evidence span holds a selected frame; None when the item has no spans.
+
+    ``spans``: the frame indices per span (:func:`evidence_spans_frames`). A span holding no
+    decoded frame cannot be hit; it is ignored unless no span holds one (then False).
+    """
+    if not spans:
+        return None
+    chosen = set(int(i) for i in indices)
+    held = [s for s in spans if len(s)]
+    return bool(held) and all(chosen.intersection(s.tolist()) for s in held)

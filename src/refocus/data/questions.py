@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from refocus.errors import QuestionFileError
+from refocus.io import write_text
 
 LETTERS = string.ascii_uppercase
 MIN_OPTIONS = 2
@@ -140,9 +141,7 @@ def write_questions(
                 raise ValueError(f"extra for item {item.id!r} overrides reserved keys {clash}")
             row.update(extra[i])
         lines.append(json.dumps(row, ensure_ascii=False))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def item_to_dict(item: QAItem, relative_to: str | Path) -> dict:

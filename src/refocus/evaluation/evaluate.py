@@ -1,7 +1,7 @@
 """Selector x answerer evaluation: accuracy, evidence recall and selection time per budget.
 
 For every question: decode the video once per frame size (a shared
-:class:`refocus.training.data.FrameStore`; the answerer's size, and the selector's if it
+:class:`refocus.video.stores.FrameStore`; the answerer's size, and the selector's if it
 wants another), let the selector pick frames for every budget and seed, and score all those
 subsets with ONE ``answerer.option_logits`` call (identical subsets scored once). The
 answer is the option with the highest letter logit. Both decodes use the same pts sampling
@@ -20,14 +20,16 @@ Layout of one budget's results (``evaluate(...)["budgets"][K]``, written as
      "accuracy", "accuracy_std",            # over seeds; 0.0 with one run
      "evidence_recall", "evidence_recall_std",   # share of items with spans whose spans hold
                                             # >= 1 selected frame; null when no item has spans
-     "per_category": {cat: {"accuracy", "evidence_recall", "n"}},   # {} if no categories
+     "evidence_recall_all", "evidence_recall_all_std",   # share of items whose EVERY span holds
+                                            # a selected frame (= evidence_recall with one span)
+     "per_category": {cat: {"accuracy", "evidence_recall", "evidence_recall_all", "n"}},   # {} if none
      "seconds_per_item",                    # selection only: per-video preparation + select
      "n_items", "skipped": [{"id", "reason"}], "seeds": [...], "deterministic"}
 
 With several budgets ``DIR/results.json`` is ``{"selector", "mode", "answerer", "budgets":
 {"K": results, ...}}``. ``DIR/predictions.jsonl`` holds one row per (item, budget, seed):
 ``{"id", "category", "seed", "budget", "indices", "timestamps", "prediction", "answer",
-"correct", "margin", "logits", "hit_evidence"}``; ``margin`` is the reward margin
+"correct", "margin", "logits", "hit_evidence", "hit_all_evidence"}``; ``margin`` is the reward margin
 ``tanh((z_answer - max_wrong z) / 2)``, positive iff the answer is predicted.
 """
 
@@ -42,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from refocus.data.evidence import evidence_frame_mask, hits_evidence
+from refocus.data.evidence import (
+    evidence_frame_mask,
+    evidence_spans_frames,
+    hits_all_evidence,
+    hits_evidence,
+)
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.selectors.base import validate_indices
@@ -90,6 +97,7 @@ def evaluate(
     fps: float = 4.0,
     max_frames: int = 512,
     progress: bool = True,
+    generate: Any = None,
 ) -> dict:
     """Evaluate ``selector`` with ``answerer`` on ``items`` at every budget; nothing decoded twice.
 
@@ -102,14 +110,19 @@ def evaluate(
     selector or answerer rejects with a RefocusError (e.g. the oracle without evidence),
     are skipped and listed; a selector returning a malformed selection raises ValueError.
 
+    generate: a ``refocus.answerer.generation.GenerateConfig``: the answerer also writes a
+    reasoned answer for every scored subset (``<think>...</think><answer>X</answer>``); rows
+    get ``generated`` / ``generated_answer`` / ``generated_correct`` and the results
+    ``generated_accuracy`` and ``format_rate`` beside the option-logit ``accuracy``.
+
     Returns ``{"selector", "mode", "answerer", "budgets": {K: results}, "predictions": [rows],
     "skipped": [{"id", "reason"}]}`` with the per-budget results and prediction rows
     described in the module docstring.
     """
     from tqdm.auto import tqdm
 
-    from refocus.reference import margin_rewards
-    from refocus.training.data import FrameStore
+    from refocus.distributed import gather_in_order, is_main_process, shard
+    from refocus.video.stores import FrameStore
 
     budgets = check_budgets(budgets)
     run_seeds = resolve_seeds(seeds, bool(getattr(selector, "deterministic", False)))
@@ -117,37 +130,34 @@ def evaluate(
     answer_size = None if answerer is None else int(answerer.image_size)
     select_size = selector.image_size or answer_size or SELECTION_ONLY_SIZE
     prepare = getattr(selector, "prepare", None)
+    writer = None
+    if generate is not None and answerer is not None:
+        from refocus.answerer.generation import Answerer
 
+        writer = Answerer.from_adapter(answerer)
+
+    records: list[tuple[int, dict]] = []
+    n_correct = n_scored = 0
+    mine = shard(items)  # under accelerate launch: every N-th item; merged back in order below
+    bar = tqdm(mine, desc=f"eval {selector.name}", unit="item", disable=not (progress and is_main_process()))
+    for index, item in bar:
+        record = _evaluate_item(item, answerer, selector, store, budgets, run_seeds, select_size,
+                                answer_size, prepare, writer, generate)
+        records.append((index, record))
+        if answerer is not None and "rows" in record:
+            n_correct += sum(bool(r["correct"]) for r in record["rows"])
+            n_scored += len(record["rows"])
+            bar.set_postfix(acc=f"{n_correct / n_scored:.3f}", refresh=False)
     rows: list[dict] = []
     skipped: list[dict] = []
     seconds: dict[int, list[float]] = {k: [] for k in budgets}
-    n_correct = n_scored = 0
-    bar = tqdm(items, desc=f"eval {selector.name}", unit="item", disable=not progress)
-    for item in bar:
-        try:
-            picked = _select_item(item, selector, store, budgets, run_seeds, select_size, answer_size, prepare)
-            frames, selections, prep_seconds = picked
-            logits = None
-            if answerer is not None:
-                unique = list(dict.fromkeys(tuple(s[0]) for s in selections.values()))
-                scored = answerer.option_logits(item, frames.frames, [list(u) for u in unique])  # (G, O)
-                logits = {u: np.asarray(scored[g], dtype=np.float64) for g, u in enumerate(unique)}
-        except RefocusError as exc:
-            skipped.append({"id": item.id, "reason": " ".join(str(exc).split())})
+    for record in gather_in_order(records):
+        if "skipped" in record:
+            skipped.append(record["skipped"])
             continue
-        mask = evidence_frame_mask(frames.timestamps, item.evidence)
+        rows += record["rows"]
         for k in budgets:
-            per_seed = []
-            for seed in run_seeds:
-                indices, took = selections[(k, seed)]
-                per_seed.append(took)
-                rows.append(_row(item, k, seed, indices, frames.timestamps, mask,
-                                 None if logits is None else logits[tuple(indices)], margin_rewards))
-            seconds[k].append(prep_seconds + float(np.mean(per_seed)))
-        if answerer is not None:
-            n_correct += sum(bool(r["correct"]) for r in rows[-len(budgets) * len(run_seeds):])
-            n_scored += len(budgets) * len(run_seeds)
-            bar.set_postfix(acc=f"{n_correct / n_scored:.3f}", skipped=len(skipped), refresh=False)
+            seconds[k].append(record["seconds"][k])
 
     mode = getattr(selector, "mode", None)
     answerer_name = None if answerer is None else getattr(answerer, "name", type(answerer).__name__)
@@ -160,6 +170,39 @@ def evaluate(
     }
     return {"selector": selector.name, "mode": mode, "answerer": answerer_name, "budgets": results,
             "predictions": rows, "skipped": skipped}
+
+
+def _evaluate_item(item, answerer, selector, store, budgets, run_seeds, select_size, answer_size,
+                   prepare, writer, generate) -> dict:
+    """One item: ``{"rows": [...], "seconds": {K: s}}``, or ``{"skipped": {"id", "reason"}}``."""
+    from refocus.reference.reward import margin_rewards
+
+    try:
+        frames, selections, prep_seconds = _select_item(
+            item, selector, store, budgets, run_seeds, select_size, answer_size, prepare)
+        logits = None
+        if answerer is not None:
+            unique = list(dict.fromkeys(tuple(s[0]) for s in selections.values()))
+            scored = answerer.option_logits(item, frames.frames, [list(u) for u in unique])  # (G, O)
+            logits = {u: np.asarray(scored[g], dtype=np.float64) for g, u in enumerate(unique)}
+            if writer is not None:
+                texts = {u: writer.generate(item, [frames.frames[i] for i in u], generate).texts[0] for u in unique}
+    except RefocusError as exc:
+        return {"skipped": {"id": item.id, "reason": " ".join(str(exc).split())}}
+    mask = evidence_frame_mask(frames.timestamps, item.evidence)
+    spans = evidence_spans_frames(frames.timestamps, item.evidence)
+    rows, seconds = [], {}
+    for k in budgets:
+        per_seed = []
+        for seed in run_seeds:
+            indices, took = selections[(k, seed)]
+            per_seed.append(took)
+            rows.append(_row(item, k, seed, indices, frames.timestamps, (mask, spans),
+                             None if logits is None else logits[tuple(indices)], margin_rewards))
+            if writer is not None:
+                rows[-1].update(_generated(texts[tuple(indices)], item.answer))
+        seconds[k] = prep_seconds + float(np.mean(per_seed))
+    return {"rows": rows, "seconds": seconds}
 
 
 def _select_item(item, selector, store, budgets, run_seeds, select_size, answer_size, prepare):
@@ -194,7 +237,8 @@ def _select_item(item, selector, store, budgets, run_seeds, select_size, answer_
     return frames, selections, prep_seconds
 
 
-def _row(item, budget, seed, indices, timestamps, mask, logits, margin_rewards) -> dict:
+def _row(item, budget, seed, indices, timestamps, evidence, logits, margin_rewards) -> dict:
+    mask, spans = evidence
     row = {
         "id": item.id,
         "category": item.category,
@@ -208,6 +252,7 @@ def _row(item, budget, seed, indices, timestamps, mask, logits, margin_rewards) 
         "margin": None,
         "logits": None,
         "hit_evidence": hits_evidence(indices, mask),
+        "hit_all_evidence": hits_all_evidence(indices, spans),
     }
     if logits is not None:
         prediction = item.letters[int(np.argmax(logits))]  # ties: the earlier letter
@@ -220,6 +265,14 @@ def _row(item, budget, seed, indices, timestamps, mask, logits, margin_rewards) 
     return row
 
 
+def _generated(text: str, answer: str) -> dict:
+    from refocus.answerer import ktr_math
+
+    return {"generated": text, "generated_answer": ktr_math.parse_answer(text),
+            "generated_correct": bool(ktr_math.accuracy_reward(text, answer)),
+            "generated_format": bool(ktr_math.format_reward(text))}
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -229,28 +282,38 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, budget, deterministic, scored) -> dict:
     """One budget's results object from its prediction rows (all seeds)."""
-    acc_by_seed, recall_by_seed = [], []
+    acc_by_seed, recall_by_seed, all_by_seed = [], [], []
     for seed in run_seeds:
         mine = [r for r in rows if r["seed"] == seed]
         if mine and scored:
             acc_by_seed.append(float(np.mean([r["correct"] for r in mine])))
-        hits = [r["hit_evidence"] for r in mine if r["hit_evidence"] is not None]
-        if hits:
-            recall_by_seed.append(float(np.mean(hits)))
+        for key, out in (("hit_evidence", recall_by_seed), ("hit_all_evidence", all_by_seed)):
+            hits = [r[key] for r in mine if r[key] is not None]
+            if hits:
+                out.append(float(np.mean(hits)))
     accuracy, accuracy_std = _mean_std(acc_by_seed)
     recall, recall_std = _mean_std(recall_by_seed)
+    recall_all, recall_all_std = _mean_std(all_by_seed)
 
     per_category = {}
     if any(r["category"] is not None for r in rows):
         for cat in sorted({r["category"] or "uncategorized" for r in rows}):
             mine = [r for r in rows if (r["category"] or "uncategorized") == cat]
             hits = [r["hit_evidence"] for r in mine if r["hit_evidence"] is not None]
+            hits_all = [r["hit_all_evidence"] for r in mine if r["hit_all_evidence"] is not None]
             per_category[cat] = {
                 # every seed scores the same items, so the mean over rows = the mean over seeds
                 "accuracy": round(float(np.mean([r["correct"] for r in mine])), 6) if scored else None,
                 "evidence_recall": round(float(np.mean(hits)), 6) if hits else None,
+                "evidence_recall_all": round(float(np.mean(hits_all)), 6) if hits_all else None,
                 "n": len({r["id"] for r in mine}),
             }
+    generated = {}
+    if rows and "generated_correct" in rows[0]:
+        gen_acc, gen_std = _mean_std([float(np.mean([r["generated_correct"] for r in rows if r["seed"] == s]))
+                                      for s in run_seeds if any(r["seed"] == s for r in rows)])
+        generated = {"generated_accuracy": gen_acc, "generated_accuracy_std": gen_std,
+                     "format_rate": round(float(np.mean([r["generated_format"] for r in rows])), 6)}
     return {
         "selector": selector,
         "mode": mode,
@@ -258,8 +321,11 @@ def _aggregate(rows, seconds, skipped, run_seeds, *, selector, mode, answerer, b
         "budget": budget,
         "accuracy": accuracy,
         "accuracy_std": accuracy_std,
+        **generated,
         "evidence_recall": recall,
         "evidence_recall_std": recall_std,
+        "evidence_recall_all": recall_all,
+        "evidence_recall_all_std": recall_all_std,
         "per_category": per_category,
         "seconds_per_item": round(float(np.mean(seconds)), 6) if seconds else None,
         "n_items": len({r["id"] for r in rows}),
@@ -274,7 +340,7 @@ def write_evaluation(result: dict, out_dir: str | Path) -> Path:
 
     Returns the path of ``DIR/results.json``.
     """
-    from refocus.cli._common import write_json
+    from refocus.io import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +376,8 @@ def summary_line(result: dict, out: str | Path | None = None) -> str:
         parts = []
         if res["accuracy"] is not None:
             parts.append(f"accuracy {fmt(res['accuracy'])} ± {fmt(res['accuracy_std'])}")
+        if res.get("generated_accuracy") is not None:
+            parts.append(f"generated accuracy {fmt(res['generated_accuracy'])} (format {fmt(res['format_rate'])})")
         parts.append(f"evidence recall {fmt(res['evidence_recall'])}")
         clauses.append((k, ", ".join(parts)))
     first = next(iter(budgets.values()))

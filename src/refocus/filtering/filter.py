@@ -43,7 +43,7 @@ class FilterResult:
 
 def score_item(reference, item: QAItem, frames: np.ndarray, cfg: FilterConfig) -> dict:
     """The 16 probe subsets of one item, their margins and the margin variance."""
-    from refocus.reference import margin_rewards
+    from refocus.reference.reward import margin_rewards
 
     subsets = filter_subsets(len(frames), cfg.frames_per_subset, window_rule=cfg.window_rule)
     logits = reference.option_logits(item, frames, subsets)  # (16, O)
@@ -56,26 +56,35 @@ def score_item(reference, item: QAItem, frames: np.ndarray, cfg: FilterConfig) -
 
 
 def run_filter(items: list[QAItem], reference, cfg: FilterConfig, progress: bool = True) -> FilterResult:
+    """Score every item (under ``accelerate launch``: this process's shard, then every
+    process's results merged back into input order, on every process)."""
     from tqdm.auto import tqdm
 
+    from refocus.distributed import gather_in_order, is_main_process, shard
     from refocus.video import load_video
 
-    result = FilterResult()
-    for item in tqdm(items, desc="filter", disable=not progress):
+    records: list[tuple[int, tuple[QAItem, dict | None, str | None]]] = []
+    for index, item in tqdm(shard(items), desc="filter", disable=not (progress and is_main_process())):
         try:
             video = load_video(item.video, fps=cfg.fps, max_frames=cfg.max_frames, size=reference.image_size)
         except RefocusError as exc:
-            result.skipped.append({"id": item.id, "reason": str(exc)})
+            records.append((index, (item, None, str(exc))))
             continue
-        scored = score_item(reference, item, video.frames, cfg)
+        records.append((index, (item, score_item(reference, item, video.frames, cfg), None)))
+    result = FilterResult()
+    for item, scored, error in gather_in_order(records):
+        if scored is None:
+            result.skipped.append({"id": item.id, "reason": error})
+            continue
         result.scored.append((item, scored))
         if scored["variance"] > cfg.tau:
             result.kept.append(item)
     return result
 
 
-def write_filter_outputs(result: FilterResult, out: Path, cfg: FilterConfig) -> dict:
-    """OUT.jsonl (kept items + subsets/margins/variance), OUT.all.jsonl, a histogram PNG, a summary."""
+def write_filter_outputs(result: FilterResult, out: Path, cfg: FilterConfig, reference=None) -> dict:
+    """OUT.jsonl (kept items + subsets/margins/variance), OUT.all.jsonl, a histogram PNG, a
+    summary (with where the reference model ran, when ``reference`` is given)."""
     kept_ids = {it.id for it in result.kept}
     kept = [(it, r) for it, r in result.scored if it.id in kept_ids]
     write_questions(out, [it for it, _ in kept], extra=[r for _, r in kept])
@@ -93,6 +102,10 @@ def write_filter_outputs(result: FilterResult, out: Path, cfg: FilterConfig) -> 
         "skipped": result.skipped,
         "outputs": {"kept": str(out), "all": str(all_path), "histogram": str(out.with_suffix(".variance.png"))},
     }
+    if reference is not None:
+        from refocus.distributed import placement
+
+        summary["reference"] = placement(reference)
     plot_variance_histogram(var, cfg.tau, out.with_suffix(".variance.png"))
     (out.with_suffix(".summary.json")).write_text(__import__("json").dumps(summary, indent=2) + "\n")
     return summary

@@ -19,14 +19,16 @@ Typical use::
 from transformers import AutoConfig, AutoModel
 
 from refocus.policy.configuration import FramePolicyConfig
-from refocus.policy.modeling import FramePolicy, PolicyReplayOutput, RecurrentState
+from refocus.policy.modeling import FramePolicy, PolicyReplayOutput
 from refocus.policy.processing import (
+    BLIND_QUESTION,
     build_question_text,
     pool_frame_tokens,
     preprocess_frames,
     tokenize_question,
 )
 from refocus.policy.sampling import SelectionOutput
+from refocus.policy.state import RecurrentState
 
 try:
     AutoConfig.register(FramePolicyConfig.model_type, FramePolicyConfig)
@@ -35,6 +37,7 @@ except ValueError:  # already registered (module reloaded)
     pass
 
 __all__ = [
+    "BLIND_QUESTION",
     "FramePolicy",
     "FramePolicyConfig",
     "PolicyReplayOutput",

@@ -136,6 +136,12 @@ class FramePolicyConfig(PreTrainedConfig):
     """Initial value of the learned logit scale s (B.2: 1.0)."""
     initializer_range: float = 0.02
     """Std of the normal init of the projector's linear layers."""
+    question_blind: bool = False
+    """Withhold the question from the policy (an ablation, not the paper's method): every item
+    reads the same constant text (``refocus.policy.processing.BLIND_QUESTION``) in place of
+    its question and options, so the policy can only learn which frames are salient in
+    general. ``refocus demo --task query`` trains one beside the normal policy
+    (``policy-blind/``) to measure how much reading the question is worth."""
     freeze_vision: bool = True
     """Keep the vision encoder frozen (no gradients, eval mode); the paper trains only the
     projector, backbone and heads."""

@@ -22,11 +22,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModel, Mamba2Model, PreTrainedModel
@@ -36,101 +34,11 @@ from transformers.utils import ModelOutput
 from refocus.errors import ConfigError
 from refocus.policy.configuration import FramePolicyConfig
 from refocus.policy.processing import pool_frame_tokens, preprocess_frames
-
-if TYPE_CHECKING:
-    from refocus.policy.sampling import SelectionOutput
+from refocus.policy.sampling import replay_logprobs, select, select_recompute
+from refocus.policy.state import RecurrentState, StateCache
 
 FeaturesLike = torch.Tensor | Sequence[torch.Tensor]
 IdsLike = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[int]]
-
-
-@dataclass
-class RecurrentState:
-    """Mamba2 state of a batch of N sequences after some tokens, one entry per backbone layer.
-
-    ``conv[l]`` (N, C, k) holds the last ``k`` (conv kernel) inputs of layer ``l``'s causal
-    convolution; ``ssm[l]`` (N, H, hd, n) the selective-scan state. Together they are all a
-    Mamba2 layer needs to continue a sequence, so copying them to G candidates is the
-    "prefix once, then branch" of the sampler.
-    """
-
-    conv: list[torch.Tensor]
-    ssm: list[torch.Tensor]
-
-    @property
-    def batch_size(self) -> int:
-        return self.conv[0].shape[0]
-
-    def repeat_interleave(self, repeats: int) -> RecurrentState:
-        """Each sequence's state repeated ``repeats`` times in place: (N, ...) -> (N * repeats, ...).
-
-        (transformers' ``cache.batch_repeat_interleave`` does not handle Mamba2 layers.)
-        """
-        return RecurrentState(
-            [c.repeat_interleave(repeats, dim=0) for c in self.conv],
-            [s.repeat_interleave(repeats, dim=0) for s in self.ssm],
-        )
-
-    def index_select(self, index: torch.Tensor) -> RecurrentState:
-        return RecurrentState(
-            [c.index_select(0, index) for c in self.conv],
-            [s.index_select(0, index) for s in self.ssm],
-        )
-
-    @staticmethod
-    def cat(states: Sequence[RecurrentState]) -> RecurrentState:
-        return RecurrentState(
-            [torch.cat(cs, dim=0) for cs in zip(*(s.conv for s in states), strict=True)],
-            [torch.cat(ss, dim=0) for ss in zip(*(s.ssm for s in states), strict=True)],
-        )
-
-
-class _StateCache:
-    """Stand-in for a transformers cache that reads given states and records new ones.
-
-    transformers' Mamba2 mixer talks to its cache through five methods; this object answers
-    them without mutating the states it was given, so (i) one prefix state can be continued
-    many times, and (ii) a block re-run by gradient checkpointing sees the same inputs again.
-    ``is_recording_past`` is True so that even a single token takes the out-of-place
-    convolution path; the single-token scan updates the recurrent state in place, hence the
-    clone (that path only runs without gradients: replay always feeds >= 2 tokens).
-    """
-
-    def __init__(self, num_layers: int, conv_kernel: int, state: RecurrentState | None) -> None:
-        self.conv_kernel = conv_kernel
-        self.conv_in = list(state.conv) if state is not None else [None] * num_layers
-        self.ssm_in = list(state.ssm) if state is not None else [None] * num_layers
-        self.conv_out: list[torch.Tensor | None] = [None] * num_layers
-        self.ssm_out: list[torch.Tensor | None] = [None] * num_layers
-
-    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
-        return self.conv_in[layer_idx]
-
-    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
-        state = self.ssm_in[layer_idx]
-        if state is not None:
-            state = state.clone()
-            self.ssm_out[layer_idx] = state
-        return state
-
-    def is_recording_past(self, layer_idx: int) -> bool:
-        return True
-
-    def update_conv_state(self, new: torch.Tensor, layer_idx: int, **kwargs) -> torch.Tensor:
-        prev = self.conv_in[layer_idx]
-        full = new if prev is None else torch.cat([prev.to(new.dtype), new], dim=-1)
-        last = full[..., -self.conv_kernel :]
-        if last.shape[-1] < self.conv_kernel:  # a prefix shorter than the kernel: zero history
-            last = F.pad(last, (self.conv_kernel - last.shape[-1], 0))
-        self.conv_out[layer_idx] = last
-        return full
-
-    def update_recurrent_state(self, state: torch.Tensor, layer_idx: int, **kwargs) -> torch.Tensor:
-        self.ssm_out[layer_idx] = state
-        return state
-
-    def result(self) -> RecurrentState:
-        return RecurrentState(list(self.conv_out), list(self.ssm_out))
 
 
 @dataclass
@@ -176,6 +84,10 @@ class FramePolicy(PreTrainedModel):
         self.query_head = nn.Linear(width, config.head_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
         self.logit_scale = nn.Parameter(torch.empty(()))
+        self.prefix_segment_frames: int | None = None
+        """Run the prefix in segments of this many frames, checkpointed along the sequence
+        under gradient checkpointing (:mod:`refocus.policy.prefix`); a runtime memory knob
+        set by the trainer, not part of the saved config. None: one pass."""
         self._freeze_vision()
         self.post_init()
 
@@ -365,11 +277,14 @@ class FramePolicy(PreTrainedModel):
         transformers' ``gradient_checkpointing_enable()``, applies per block.
         """
         backbone = self.backbone
-        cache = _StateCache(len(backbone.layers), backbone.config.conv_kernel, state)
+        cache = StateCache(len(backbone.layers), backbone.config.conv_kernel, state)
         hidden = inputs_embeds
         for block in backbone.layers:
-            hidden = block(hidden, cache_params=cache)  # positional: required by checkpointing
-        return backbone.norm_f(hidden), cache.result()
+            # positional: transformers' checkpointing wrapper drops a `cache=` keyword
+            hidden = block(hidden, cache)
+        # The residual stream is float32 (residual_in_fp32); in a model cast to bf16 the heads
+        # need their own dtype back (under autocast this cast changes nothing).
+        return backbone.norm_f(hidden).to(self.key_head.weight.dtype), cache.result()
 
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product scores, float32: keys (B, T, d), queries (B, ..., d) -> (B, ..., T).
@@ -386,78 +301,11 @@ class FramePolicy(PreTrainedModel):
 
     # ------------------------------------------------------------------ public API
 
-    def select(
-        self,
-        features: FeaturesLike,
-        question_ids: IdsLike,
-        k: int,
-        num_candidates: int = 1,
-        mode: Literal["sample", "greedy", "distribution"] = "sample",
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        frame_mask: torch.Tensor | None = None,
-    ) -> SelectionOutput:
-        """Select ``k`` frames for each question, ``num_candidates`` (G) times.
-
-        ``features``: (B, T, P, Dv) with optional ``frame_mask`` (B, T), or a list of (T_b, P, Dv).
-        ``question_ids``: (B, L) or a list of (L_b,) token ids. See
-        :func:`refocus.policy.sampling.select` for modes and outputs.
-        """
-        from refocus.policy.sampling import select
-
-        return select(
-            self,
-            features,
-            question_ids,
-            k,
-            num_candidates,
-            mode,
-            temperature,
-            generator,
-            frame_mask,
-        )
-
-    def replay_logprobs(
-        self,
-        features: FeaturesLike,
-        question_ids: IdsLike,
-        order: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-        temperature: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-step log-probs and entropies (B, G, K), with gradients, of given selection orders.
-
-        See :func:`refocus.policy.sampling.replay_logprobs`.
-        """
-        from refocus.policy.sampling import replay_logprobs
-
-        return replay_logprobs(self, features, question_ids, order, frame_mask, temperature)
-
-    def select_recompute(
-        self,
-        features: FeaturesLike,
-        question_ids: IdsLike,
-        k: int,
-        num_candidates: int = 1,
-        mode: Literal["sample", "greedy", "distribution"] = "sample",
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        frame_mask: torch.Tensor | None = None,
-    ) -> SelectionOutput:
-        """Literal Algorithm 2 (whole backbone recomputed at every step); for tests and benchmarks."""
-        from refocus.policy.sampling import select_recompute
-
-        return select_recompute(
-            self,
-            features,
-            question_ids,
-            k,
-            num_candidates,
-            mode,
-            temperature,
-            generator,
-            frame_mask,
-        )
+    # Sampling and replay live in refocus.policy.sampling as functions of the policy; bound
+    # here as methods so that ``policy.select(...)`` reads like the rest of the model's API.
+    select = select
+    select_recompute = select_recompute
+    replay_logprobs = replay_logprobs
 
     def forward(
         self,

@@ -35,12 +35,18 @@ def build_question_text(item: _HasQuestion) -> str:
     return "\n".join(lines)
 
 
-def tokenize_question(tokenizer: Any, item: _HasQuestion | str) -> torch.Tensor:
+BLIND_QUESTION = "Select the frames."
+"""What a question-blind policy (``FramePolicyConfig.question_blind``) reads for every item."""
+
+
+def tokenize_question(tokenizer: Any, item: _HasQuestion | str, *, blind: bool = False) -> torch.Tensor:
     """Token ids (L,) of one question (an item, or an already built text) for the policy.
 
-    No special tokens are added: the question follows the frame tokens directly.
+    No special tokens are added: the question follows the frame tokens directly. ``blind``:
+    the ids of :data:`BLIND_QUESTION` whatever the item (pass the policy's
+    ``config.question_blind``).
     """
-    text = item if isinstance(item, str) else build_question_text(item)
+    text = BLIND_QUESTION if blind else item if isinstance(item, str) else build_question_text(item)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) == 0:
         raise ValueError(f"the question text {text!r} tokenises to no tokens")

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -41,9 +41,34 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from refocus.errors import RefocusError
+from refocus.policy.prefix import run_prefix
+from refocus.policy.state import RecurrentState
 
-if TYPE_CHECKING:
-    from refocus.policy.modeling import FramePolicy, RecurrentState
+
+class FramePolicy(Protocol):
+    """What sampling and replay read of the policy (:class:`refocus.policy.FramePolicy`).
+
+    A protocol rather than an import, so this module does not depend on the model module
+    (which binds these functions as its methods).
+    """
+
+    device: torch.device
+    backbone: torch.nn.Module
+    start_embedding: torch.nn.Parameter
+    key_head: torch.nn.Module
+    value_head: torch.nn.Module
+    query_head: torch.nn.Module
+    prefix_segment_frames: int | None
+    """Frames per prefix segment (see :mod:`refocus.policy.prefix`); None: one pass."""
+
+    def embed_prefix(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def run_backbone(
+        self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None
+    ) -> tuple[torch.Tensor, RecurrentState]: ...
+
+    def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor: ...
+
 
 Mode = Literal["sample", "greedy", "distribution"]
 MODES = ("sample", "greedy", "distribution")
@@ -227,30 +252,30 @@ def encode_prefix(
     """Run each question's prefix [frames, question] once; frame keys/values and the end state.
 
     Differentiable (replay calls it with gradients). Questions sharing (T_b, L_b) run as one
-    batch; see the module docstring on variable T.
+    batch; see the module docstring on variable T. The prefix runs in segments of
+    ``policy.prefix_segment_frames`` frames (checkpointed under gradient checkpointing), see
+    :mod:`refocus.policy.prefix`.
     """
     device = policy.device
     masks = [m.to(device) for m in masks]
-    p = feats[0].shape[1]
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for b, (f, q) in enumerate(zip(feats, ids, strict=True)):
         groups[(f.shape[0], q.shape[0])].append(b)
     keys: list[torch.Tensor | None] = [None] * len(feats)
     values: list[torch.Tensor | None] = [None] * len(feats)
     states, members_in_order = [], []
-    for (t, _), members in groups.items():
-        embeds = policy.embed_prefix(
-            torch.stack([feats[b] for b in members]), torch.stack([ids[b] for b in members])
-        )  # (n, t*P + L, D)
-        hidden, state = policy.run_backbone(embeds)
-        frame_hidden = hidden[:, p - 1 : t * p : p]  # (n, t, D): each frame's last token (B.5)
+    for members in groups.values():
+        frame_hidden, state = run_prefix(  # (n, t, D): each frame's last token (B.5)
+            policy,
+            torch.stack([feats[b] for b in members]),
+            torch.stack([ids[b] for b in members]),
+            getattr(policy, "prefix_segment_frames", None),
+        )
         group_keys, group_values = policy.key_head(frame_hidden), policy.value_head(frame_hidden)
         for j, b in enumerate(members):
             keys[b], values[b] = group_keys[j], group_values[j]
         states.append(state)
         members_in_order += members
-    from refocus.policy.modeling import RecurrentState
-
     state = RecurrentState.cat(states) if len(states) > 1 else states[0]
     if members_in_order != list(range(len(feats))):
         inverse = torch.empty(len(feats), dtype=torch.long)
@@ -297,12 +322,15 @@ def select(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     frame_mask: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> SelectionOutput:
     """Fast cached sampler: prefix once, then K batched single-token steps over B * G candidates.
 
     Modes: "sample" (categorical at ``temperature``, seeded by ``generator``), "greedy"
     (argmax; G > 1 gives G identical rows), "distribution" (samples like "sample" and also
-    returns the averaged per-frame selection probability, Appendix C).
+    returns the averaged per-frame selection probability, Appendix C). ``uniforms``: the
+    (B, G, K) random numbers to use instead of drawing them from ``generator`` (a caller
+    that samples a batch in parts draws them once for the whole batch and passes slices).
     """
     feats, ids, masks, num_frames = prepare_inputs(
         features, question_ids, frame_mask, policy.backbone.config.vocab_size
@@ -312,7 +340,14 @@ def select(
     b, t = prefix.frame_mask.shape
     g = num_candidates
     device = prefix.keys.device
-    uniforms = None if mode == "greedy" else draw_uniforms((b, g, k), generator).to(device)
+    if mode == "greedy":
+        uniforms = None
+    elif uniforms is None:
+        uniforms = draw_uniforms((b, g, k), generator).to(device)
+    elif tuple(uniforms.shape) != (b, g, k):
+        raise ValueError(f"uniforms must be (B, G, K) = {(b, g, k)}, got {tuple(uniforms.shape)}")
+    else:
+        uniforms = uniforms.to(device)
 
     state = prefix.state.repeat_interleave(g)  # (B*G, ...): candidates share the prefix
     start = policy.start_embedding

@@ -13,29 +13,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from refocus.reference.base import ReferenceModel, margin_rewards
+from refocus.reference.base import ReferenceModel
 from refocus.reference.prompt import SYSTEM_PROMPT, build_prompt_messages, render_prompt
+from refocus.reference.reward import margin_rewards
 
 
 def load_reference(
     path: str | Path,
-    device: str = "cpu",
-    dtype: Any = None,
+    device: Any = "auto",
+    dtype: Any = "auto",
     batch_size: int = 16,
     frame_reuse: bool = True,
+    attn_implementation: str | None = None,
 ) -> ReferenceModel:
     """Load the reference model stored in the local checkpoint directory ``path``.
 
     The adapter is chosen by ``config.model_type``; files are read with
-    ``local_files_only=True`` (a hub id is never resolved). dtype: a torch dtype, its name, or
-    None (float32 on CPU, the checkpoint's dtype elsewhere). batch_size: subsets per forward.
-    frame_reuse: encode each distinct frame once per call (False: naive per-subset scoring).
+    ``local_files_only=True`` (a hub id is never resolved). device: "auto" (this process's
+    accelerator under ``accelerate launch``, else CUDA when there is one, else the CPU),
+    "cpu", "cuda", "cuda:N" or a torch device. dtype: "auto" (bfloat16 on CUDA, float32 on
+    CPU), a torch dtype or its name. batch_size: subsets per forward. frame_reuse: encode
+    each distinct frame once per call (False: naive per-subset scoring).
+    attn_implementation: passed to transformers ("sdpa", "eager", "flash_attention_2"; None:
+    transformers' default).
     """
+    from refocus.distributed import resolve_device, resolve_dtype
     from refocus.reference.adapters import adapter_class, read_model_type
 
     cls = adapter_class(read_model_type(path))
+    device = resolve_device(device)
     return cls.from_pretrained(
-        path, device=device, dtype=dtype, batch_size=batch_size, frame_reuse=frame_reuse
+        path, device=device, dtype=resolve_dtype(dtype, device), batch_size=batch_size,
+        frame_reuse=frame_reuse, attn_implementation=attn_implementation,
     )
 
 

@@ -2,8 +2,8 @@
 
 A reference model scores candidate frame subsets of one question: for each subset it reads
 the logits of the option letters at the answer position (the next token after the assistant
-prompt), and :func:`margin_rewards` turns them into ``r = tanh((z* - max_wrong z) / 2)``
-(paper Eq. 1 / Eq. 5, Appendix B.3.1).
+prompt), and :func:`refocus.reference.reward.margin_rewards` turns them into
+``r = tanh((z* - max_wrong z) / 2)`` (paper Eq. 1 / Eq. 5, Appendix B.3.1).
 
 :class:`HFReference` implements scoring for transformers image-text-to-text models, with
 frame reuse: the candidate subsets of one question share most frames, so each distinct frame
@@ -31,8 +31,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from refocus.data.questions import LETTERS
 from refocus.reference.prompt import (
-    LETTERS,
     build_prompt_messages,
     render_prompt,
     template_breaks_after_image,
@@ -56,23 +56,6 @@ class ReferenceModel(Protocol):
         Returns (G, O) float32, O = len(item.options), columns in letter order A, B, ...
         """
         ...
-
-
-def margin_rewards(logits: np.ndarray, answer_index: int, dtype: type = np.float32) -> np.ndarray:
-    """Margin reward of each row: ``tanh((z_correct - max_{wrong} z) / 2)``, in [-1, 1].
-
-    Equal to Eq. 4, (p* - p~) / (p* + p~) on softmax probabilities with p~ the most likely
-    wrong option, without computing probabilities (Eq. 5). logits: (G, O) with O >= 2.
-    Returns (G,) of ``dtype`` (computed in float64).
-    """
-    z = np.asarray(logits, dtype=np.float64)  # (G, O)
-    if z.ndim != 2 or z.shape[1] < 2:
-        raise ValueError(f"logits must have shape (G, O) with O >= 2, got {z.shape}")
-    if not 0 <= answer_index < z.shape[1]:
-        raise ValueError(f"answer_index {answer_index} out of range for {z.shape[1]} options")
-    correct = z[:, answer_index]  # (G,)
-    best_wrong = np.delete(z, answer_index, axis=1).max(axis=1)  # (G,)
-    return np.tanh((correct - best_wrong) / 2.0).astype(dtype)
 
 
 def resolve_letter_tokens(tokenizer: Any, prompt: str, letters: Sequence[str]) -> list[tuple[int, ...]]:
@@ -193,6 +176,7 @@ class HFReference:
         dtype: Any = None,
         batch_size: int = 16,
         frame_reuse: bool = True,
+        attn_implementation: str | None = None,
     ) -> HFReference:
         """Load model and processor from a local checkpoint directory (never the hub)."""
         import transformers
@@ -200,8 +184,9 @@ class HFReference:
         from refocus.reference.adapters._processor import load_processor
 
         model_cls = getattr(transformers, cls.model_class)
+        extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         model = model_cls.from_pretrained(
-            str(path), local_files_only=True, dtype=_resolve_dtype(dtype, device)
+            str(path), local_files_only=True, dtype=_resolve_dtype(dtype, device), **extra
         )
         model.to(device)
         processor = load_processor(path)

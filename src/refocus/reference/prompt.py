@@ -10,17 +10,16 @@ same messages serve every adapter and the project's own reference model.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 from typing import Any
+
+from refocus.data.questions import LETTERS
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Please choose the correct answer to the multiple-choice "
     "question regarding a video. The answer must be a single uppercase letter."
 )
 """System message of Appendix B.6.1 (the paper wraps it over three lines; one line here)."""
-
-LETTERS = string.ascii_uppercase
 
 
 def format_question(question: str, options: Sequence[str]) -> str:

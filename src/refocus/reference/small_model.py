@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from refocus.data.questions import LETTERS
+
 # A ChatML-like template, the structure of the paper's reward prompt (Appendix B.6.1), except
 # that system messages are dropped: this model is trained for one task only, and the fixed
 # system line would triple the text a from-scratch model must learn to look past.
@@ -27,7 +29,6 @@ CHAT_TEMPLATE = (
 )
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
-LETTERS = [chr(ord("A") + i) for i in range(26)]
 # Words of the reward prompt and the frame markers; the benchmark text adds the rest.
 BASE_VOCAB_TEXT = (
     "system user assistant You are a helpful assistant . Please choose the correct answer to the "

@@ -9,7 +9,6 @@ sees the evidence. That is what makes its margins a reward for frame selection.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
-from refocus.data.questions import QAItem
+from refocus.data.questions import LETTERS, QAItem
 from refocus.data.synth.common import COLORS, SHAPES
+from refocus.io import write_json
 from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
-from refocus.reference.small_model import LETTERS, SmallReferenceConfig, option_line
+from refocus.reference.small_model import SmallReferenceConfig, option_line
 
 
 @dataclass
@@ -156,9 +156,6 @@ class _PromptCache:
         self.tokens_per_image = tokens_per_image
         self._ids: dict[tuple, list[int]] = {}
 
-    def ids(self, item: QAItem, k: int) -> list[int]:
-        return self.encode(item, k)[0]
-
     def encode(self, item: QAItem, k: int) -> tuple[list[int], list[int]]:
         """Token ids and, per option, the index of its last text token."""
         key = (item.id, item.options, k)
@@ -190,7 +187,7 @@ def shuffle_options(item: QAItem, rng: np.random.Generator) -> QAItem:
 
 
 def _letter_ids(tokenizer) -> torch.Tensor:
-    return torch.tensor(tokenizer.convert_tokens_to_ids(LETTERS))
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(LETTERS)))
 
 
 def _batch_forward(model, prompt_cache, batch, dtype=torch.float32):
@@ -497,7 +494,7 @@ def train_small_reference(
         "config": asdict(cfg),
         "history": history,
     }
-    (out_dir / "reference_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "reference_train.json", summary)
     return summary
 
 

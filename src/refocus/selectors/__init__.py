@@ -25,18 +25,18 @@ Modules are imported only when their name is asked for, so a plug-in's optional 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import re
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from refocus.errors import RefocusError
+from refocus.seeding import item_seed, stable_hash
 from refocus.selectors.base import (
     BaseSelector,
     Selector,
     VideoFrames,
-    item_seed,
-    stable_hash,
     uniform_indices,
     validate_indices,
 )
@@ -111,16 +111,22 @@ def available_selectors() -> list[str]:
     return sorted(names)
 
 
-def get_selector(spec: str, *, seed: int = 0, mode: str | None = None) -> Selector:
+def get_selector(
+    spec: str, *, seed: int = 0, mode: str | None = None, device: Any = None, dtype: Any = None
+) -> Selector:
     """Build the selector described by ``spec`` (``NAME`` or ``NAME:ARG``).
 
     ``seed``: the run seed (random and sampling selectors mix it with each item's id).
     ``mode``: for selectors with modes (``policy``: sample / greedy / distribution); None
-    means the selector's default. Raises RefocusError for an unknown name or a bad argument.
+    means the selector's default. ``device`` / ``dtype``: where a selector with a model runs
+    (see :func:`refocus.distributed.resolve_device`); passed only to selectors whose
+    ``from_spec`` takes them. Raises RefocusError for an unknown name or a bad argument.
     """
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     cls = _load(name) if _NAME.match(name) else None
     if cls is None:
         raise RefocusError(f"unknown selector {spec!r}; available: {', '.join(available_selectors())}")
-    return cls.from_spec(arg or None, seed=seed, mode=mode)
+    accepted = inspect.signature(cls.from_spec).parameters
+    placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if k in accepted and v is not None}
+    return cls.from_spec(arg or None, seed=seed, mode=mode, **placement)

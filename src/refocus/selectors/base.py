@@ -9,7 +9,6 @@ trained policy, later CLIP or Frame-Voyager baselines) implements :class:`Select
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -20,7 +19,7 @@ from refocus.errors import RefocusError
 
 class VideoFrames(Protocol):
     """What a selector reads of a decoded video: ``refocus.video.DecodedVideo`` and
-    ``refocus.training.data.DecodedFrames`` both fit."""
+    ``refocus.video.stores.DecodedFrames`` both fit."""
 
     frames: np.ndarray
     """(T, S, S, 3) uint8 RGB."""
@@ -114,19 +113,6 @@ def uniform_indices(num_frames: int, budget: int) -> list[int]:
     if num_frames <= budget:
         return list(range(num_frames))
     return [((2 * j + 1) * num_frames) // (2 * budget) for j in range(budget)]
-
-
-def stable_hash(text: str) -> int:
-    """A 63-bit integer hash of ``text`` that is the same in every process (unlike ``hash``)."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def item_seed(seed: int, item_id: str) -> int:
-    """Seed of one item's random draw: mixes the run seed with the item id, so a selection
-    does not depend on which items came before it."""
-    sequence = np.random.SeedSequence([int(seed) % 2**63, stable_hash(str(item_id))])
-    return int(sequence.generate_state(1, np.uint64)[0] >> 1)
 
 
 def validate_indices(indices: Sequence[int], num_frames: int, budget: int, who: str) -> list[int]:

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from refocus.errors import RefocusError
+from refocus.seeding import item_seed
 from refocus.selectors import register_selector
-from refocus.selectors.base import VideoFrames, check_budget, item_seed
+from refocus.selectors.base import VideoFrames, check_budget
 
 MODES = ("greedy", "sample", "distribution")
 DEFAULT_MODE = "greedy"
@@ -86,27 +87,36 @@ class PolicySelector:
         self.image_size: int | None = int(size if size is not None else config.vision_config["image_size"])
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, device: str | None = None, **kwargs: Any) -> PolicySelector:
-        """Load the policy and its tokenizer from a checkpoint directory."""
-        import torch
+    def from_dir(
+        cls, path: str | Path, *, device: Any = None, dtype: Any = None, **kwargs: Any
+    ) -> PolicySelector:
+        """Load the policy and its tokenizer from a checkpoint directory.
+
+        device / dtype: "auto" or None (this process's accelerator with bfloat16, else the CPU
+        with float32; see :mod:`refocus.distributed`), or explicit values.
+        """
         from transformers import AutoTokenizer
 
+        from refocus.distributed import resolve_device, resolve_dtype
         from refocus.policy import FramePolicy
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise RefocusError(f"{path}: not a policy checkpoint (no config.json)")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        policy = FramePolicy.from_pretrained(path).to(device)
+        device = resolve_device(device)
+        policy = FramePolicy.from_pretrained(path).to(device, resolve_dtype(dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(path)
         kwargs.setdefault("name", f"policy:{path}")
         return cls(policy, tokenizer, **kwargs)
 
     @classmethod
-    def from_spec(cls, arg: str | None, *, seed: int = 0, mode: str | None = None) -> PolicySelector:
+    def from_spec(
+        cls, arg: str | None, *, seed: int = 0, mode: str | None = None, device: Any = None,
+        dtype: Any = None,
+    ) -> PolicySelector:
         if not arg:
             raise RefocusError("the policy selector needs a checkpoint directory: policy:DIR")
-        return cls.from_dir(arg, seed=seed, mode=mode)
+        return cls.from_dir(arg, seed=seed, mode=mode, device=device, dtype=dtype)
 
     def reseed(self, seed: int) -> None:
         self.seed = int(seed)
@@ -158,7 +168,7 @@ class PolicySelector:
         from refocus.policy import tokenize_question
 
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
         generator = None if self.mode == "greedy" else self._generator(item)
         out = self.policy.select(
             [feats], [ids], k=budget, num_candidates=1, mode=self.mode,
@@ -179,7 +189,7 @@ class PolicySelector:
 
         num_frames = check_budget(video, budget)
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
         out = self.policy.select(
             [feats], [ids], k=min(budget, num_frames), num_candidates=num_samples or self.num_samples,
             mode="distribution", temperature=self.temperature, generator=self._generator(item),

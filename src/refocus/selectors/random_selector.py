@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from refocus.seeding import item_seed
 from refocus.selectors import register_selector
-from refocus.selectors.base import BaseSelector, VideoFrames, item_seed
+from refocus.selectors.base import BaseSelector, VideoFrames
 
 
 @register_selector("random")

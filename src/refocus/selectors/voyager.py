@@ -57,29 +57,35 @@ class VoyagerSelector(PolicySelector):
         self.deterministic = True
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, device: str | None = None, **kwargs: Any) -> VoyagerSelector:
-        """Load the ranker, its tokenizer and its scoring from a run or policy directory."""
-        import torch
+    def from_dir(
+        cls, path: str | Path, *, device: Any = None, dtype: Any = None, **kwargs: Any
+    ) -> VoyagerSelector:
+        """Load the ranker, its tokenizer and its scoring from a run or policy directory
+        (device / dtype as in :meth:`PolicySelector.from_dir`)."""
         from transformers import AutoTokenizer
 
+        from refocus.distributed import resolve_device, resolve_dtype
         from refocus.policy import FramePolicy
 
         policy_dir = resolve_policy_dir(path)
         info = json.loads((policy_dir / VOYAGER_FILE).read_text())
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        policy = FramePolicy.from_pretrained(policy_dir).to(device)
+        device = resolve_device(device)
+        policy = FramePolicy.from_pretrained(policy_dir).to(device, resolve_dtype(dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(policy_dir)
         kwargs.setdefault("name", f"voyager:{path}")
         kwargs.setdefault("scoring", info.get("scoring", "sequence"))
         return cls(policy, tokenizer, **kwargs)
 
     @classmethod
-    def from_spec(cls, arg: str | None, *, seed: int = 0, mode: str | None = None) -> VoyagerSelector:
+    def from_spec(
+        cls, arg: str | None, *, seed: int = 0, mode: str | None = None, device: Any = None,
+        dtype: Any = None,
+    ) -> VoyagerSelector:
         if not arg:
             raise RefocusError("the voyager selector needs a run or policy directory: voyager:DIR")
         if mode not in (None, "greedy"):
             raise RefocusError(f"the voyager selector is deterministic and has no mode {mode!r}")
-        return cls.from_dir(arg, seed=seed)
+        return cls.from_dir(arg, seed=seed, device=device, dtype=dtype)
 
     def select(self, video: VideoFrames, item: Any, budget: int) -> list[int]:
         """The ``budget`` frames of the highest-scoring combination, sorted (all frames if T <= budget)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refocus.analysis.temporal_entropy import kl_entropy
+from refocus.estimators import kl_entropy
 
 ScaleRewards = Literal["group", "batch", "none"]
 ImportanceLevel = Literal["sequence", "token"]
@@ -243,6 +243,18 @@ def kl_k3(logp_new: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(delta) - delta - 1.0
 
 
+def approx_kl(logp_new: Tensor, logp_old: Tensor) -> float:
+    """How far an update moved the policy from the sampling one: the k3 estimate of
+    KL(pi_old || pi_theta), ``mean((r - 1) - log r)`` with ``r = exp(logp_new - logp_old)``
+    per selection step (Schulman's estimator, as PPO implementations log it). Non-negative,
+    0 when the policies agree on every sampled step. Shapes ``(B, G, K)``; a diagnostic only
+    (no gradient)."""
+    _check_logps(logp_new, logp_old, None)
+    with torch.no_grad():
+        log_r = (logp_new - logp_old).double()
+        return float((torch.expm1(log_r) - log_r).mean())
+
+
 def grpo_loss(
     logp_new: Tensor,
     logp_old: Tensor,
@@ -255,7 +267,6 @@ def grpo_loss(
     entropy_coef: float = 0.0,
     beta: float = 0.0,
     ref_logp: Tensor | None = None,
-    step_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss minimised in one update pass: ``policy_loss - entropy_coef * H + beta * KL``.
 
@@ -269,12 +280,12 @@ def grpo_loss(
     ``entropy``, ``kl`` and ``loss`` as floats.
     """
     pg_loss, stats = policy_loss(
-        logp_new, logp_old, advantages, level, epsilon, epsilon_high, step_mask
+        logp_new, logp_old, advantages, level, epsilon, epsilon_high
     )
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item(), **stats}
     if entropies is not None:
-        entropy = entropy_bonus(entropies, step_mask)
+        entropy = entropy_bonus(entropies)
         loss = loss - entropy_coef * entropy
         stats["entropy"] = entropy.item()
     elif entropy_coef != 0.0:
@@ -286,7 +297,7 @@ def grpo_loss(
             raise ValueError(
                 f"ref_logp must be (B, G, K) {tuple(logp_new.shape)}, got {tuple(ref_logp.shape)}"
             )
-        mask = _check_logps(logp_new, logp_old, step_mask)
+        mask = _check_logps(logp_new, logp_old, None)
         kl = _candidate_mean(kl_k3(logp_new, ref_logp.detach()), mask)
         loss = loss + beta * kl
         stats["kl"] = kl.item()

@@ -34,6 +34,7 @@ import numpy as np
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
+from refocus.io import write_json
 from refocus.voyager.config import CollectConfig
 from refocus.voyager.ranking import loss_ranks, reference_losses
 
@@ -156,7 +157,7 @@ def rank_question(
     item: QAItem, frames: np.ndarray, combos: Sequence[Combination], reference: Any
 ) -> dict:
     """Score ``combos`` with one reference call and return the question's rankings line."""
-    from refocus.reference import margin_rewards
+    from refocus.reference.reward import margin_rewards
 
     logits = np.asarray(reference.option_logits(item, frames, [list(c.indices) for c in combos]))  # (G, O)
     losses = reference_losses(logits, item.answer_index)  # (G,)
@@ -195,8 +196,8 @@ def collect_rankings(
     from tqdm.auto import tqdm
 
     from refocus.data.questions import write_questions
-    from refocus.selectors.base import item_seed
-    from refocus.training.data import FrameStore
+    from refocus.seeding import item_seed
+    from refocus.video.stores import FrameStore
 
     cfg = cfg or CollectConfig()
     if max_reference_calls is not None and max_reference_calls < 2:
@@ -251,7 +252,7 @@ def collect_rankings(
         "skipped": skipped,
         "seconds": round(seconds, 2),
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / SUMMARY, summary)
     return CollectResult(out, len(kept), calls, calls, skipped, seconds)
 
 
@@ -284,7 +285,7 @@ def run_collect(
         path = Path(out_dir) / SUMMARY
         summary = json.loads(path.read_text())
         summary["skipped"] = result.skipped
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(path, summary)
     return result
 
 

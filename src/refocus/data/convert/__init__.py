@@ -22,7 +22,6 @@ Rules shared by all converters:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +34,7 @@ from refocus.data.convert._common import (
 )
 from refocus.data.questions import QAItem, write_questions
 from refocus.errors import RefocusError
+from refocus.io import write_jsonl
 
 CONVERTERS: dict[str, ModuleType] = {
     "videomme": videomme,
@@ -93,7 +93,7 @@ def convert(
     report.converted = len(items)
     report.skipped_path = skipped_path_for(out)
     write_questions(out, [_to_item(item) for item in items])
-    _write_jsonl(report.skipped_path, [s.to_dict() for s in report.skipped])
+    write_jsonl(report.skipped_path, [s.to_dict() for s in report.skipped])
     return report
 
 
@@ -126,15 +126,6 @@ def _to_item(item: dict) -> QAItem:
         category=item.get("category"),
         meta=item["meta"],
     )
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _row_id(data: object) -> str | None:

@@ -1,4 +1,4 @@
-"""Synthetic video benchmarks with known evidence spans: ``niah`` and ``multi``.
+"""Synthetic video benchmarks with known evidence spans: ``niah``, ``query`` and ``multi``.
 
 ``make_benchmark`` writes real H.264 videos under ``DIR/videos/`` and the questions to
 ``DIR/qa.jsonl``. Everything is derived from ``(seed, kind, video index)``: the same
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from refocus.data.questions import QAItem, write_questions
-from refocus.data.synth import multi, niah
+from refocus.data.synth import multi, niah, query
 from refocus.data.synth.common import COLORS, SHAPES, Event, Sample, SynthConfig
 from refocus.data.synth.render import draw_object, render_frames
 from refocus.data.synth.writer import write_video
 from refocus.errors import RefocusError
 
-PLANNERS = {"niah": niah.plan_niah, "multi": multi.plan_multi}
-MIN_FRAMES = {"niah": niah.MIN_FRAMES, "multi": multi.MIN_FRAMES}
+PLANNERS = {"niah": niah.plan_niah, "query": query.plan_query, "multi": multi.plan_multi}
+MIN_FRAMES = {"niah": niah.MIN_FRAMES, "query": query.MIN_FRAMES, "multi": multi.MIN_FRAMES}
 KINDS = tuple(PLANNERS)
 
 __all__ = [

@@ -32,9 +32,9 @@ class SynthConfig:
     needle_frames: tuple[int, int] = (3, 4)
     """niah: needle duration in frames, inclusive range (3-4 frames = 0.75-1 s at 4 fps)."""
     event_frames: tuple[int, int] = (2, 3)
-    """multi: duration of each event in frames, inclusive range."""
+    """multi and query: duration of each event (object appearance) in frames, inclusive range."""
     event_gap: int = 4
-    """multi: minimum haystack frames between two events (fewer only if the video is short)."""
+    """multi and query: minimum haystack frames between two events (fewer only if the video is short)."""
     object_scale: tuple[float, float] = (0.35, 0.5)
     """Object diameter as a fraction of the frame height."""
     clutter_items: tuple[int, int] = (12, 24)
@@ -157,3 +157,23 @@ def shuffled_options(
     order = rng.permutation(len(options))
     options = [options[i] for i in order]
     return options, options.index(correct)
+
+
+def place_objects(
+    rng: np.random.Generator, num_frames: int, objects: list[tuple[str, str]], cfg: SynthConfig
+) -> list[Event]:
+    """One event per entry of ``objects`` (in that temporal order), placed with gaps."""
+    lo, hi = cfg.event_frames
+    lengths = [int(x) for x in rng.integers(lo, hi + 1, size=len(objects))]
+    gap = fit_gap(num_frames, lengths, cfg.event_gap)
+    starts = place_events(rng, num_frames, lengths, gap)
+    return [
+        make_event(rng, s, n, color, shape, cfg)
+        for s, n, (color, shape) in zip(starts, lengths, objects, strict=True)
+    ]
+
+
+def events_meta(num_frames: int, events: list[Event], **more) -> dict:
+    """``meta`` of a video with several objects: its length and every event's frames."""
+    spans = [{"color": e.color, "shape": e.shape, "frames": [e.start, e.stop - 1]} for e in events]
+    return {"num_frames": num_frames, "events": spans, **more}

@@ -41,6 +41,7 @@ from refocus.data.synth.common import Sample, SynthConfig
 from refocus.data.synth.render import render_frames
 from refocus.data.synth.writer import write_video
 from refocus.errors import RefocusError
+from refocus.io import write_json
 
 DEFAULT_LENGTHS: tuple[int, ...] = (64, 128, 256, 512, 1024)
 """Total frames of the paper's V-NIAH x-axis (64 to 1k frames)."""
@@ -197,7 +198,7 @@ def write_niah_grid(
         bar.update(length)
     bar.close()
     write_questions(qa_path, items)
-    (out_dir / MANIFEST).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    write_json(out_dir / MANIFEST, spec.to_dict())
     return qa_path
 
 

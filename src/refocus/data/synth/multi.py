@@ -21,13 +21,11 @@ import numpy as np
 from refocus.data.synth.common import (
     COLORS,
     SHAPES,
-    Event,
     Sample,
     SynthConfig,
-    fit_gap,
-    make_event,
+    events_meta,
     pick,
-    place_events,
+    place_objects,
     shuffled_options,
 )
 
@@ -47,27 +45,8 @@ def _objects(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
     return list(zip(pick(rng, COLORS, n), pick(rng, SHAPES, n), strict=True))
 
 
-def _events(
-    rng: np.random.Generator, num_frames: int, objects: list[tuple[str, str]], cfg: SynthConfig
-) -> list[Event]:
-    """One event per entry of ``objects`` (in that temporal order), placed with gaps."""
-    lo, hi = cfg.event_frames
-    lengths = [int(x) for x in rng.integers(lo, hi + 1, size=len(objects))]
-    gap = fit_gap(num_frames, lengths, cfg.event_gap)
-    starts = place_events(rng, num_frames, lengths, gap)
-    return [
-        make_event(rng, s, n, color, shape, cfg)
-        for s, n, (color, shape) in zip(starts, lengths, objects, strict=True)
-    ]
-
-
 def _the(obj: tuple[str, str]) -> str:
     return f"the {obj[0]} {obj[1]}"
-
-
-def _meta(num_frames: int, events: list[Event], **more) -> dict:
-    spans = [{"color": e.color, "shape": e.shape, "frames": [e.start, e.stop - 1]} for e in events]
-    return {"num_frames": num_frames, "events": spans, **more}
 
 
 def _order(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sample:
@@ -75,14 +54,14 @@ def _order(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sampl
     shapes = pick(rng, SHAPES, 4)
     objects = list(zip(shown, shapes[:3], strict=True))
     unseen = (unseen_color, shapes[3])
-    events = _events(rng, num_frames, objects, cfg)
+    events = place_objects(rng, num_frames, objects, cfg)
     which = "first" if rng.random() < 0.5 else "last"
     target = objects[0] if which == "first" else objects[-1]
     options, answer = shuffled_options(
         rng, _the(target), [_the(o) for o in objects if o != target] + [_the(unseen)]
     )
     question = f"Which of these appeared {which} in the video?"
-    meta = _meta(num_frames, events, which=which)
+    meta = events_meta(num_frames, events, which=which)
     return Sample(num_frames, events, question, options, answer, "order", [0, 1, 2], meta)
 
 
@@ -95,11 +74,11 @@ def _count(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sampl
     count = int(rng.integers(1, 5))
     objects = [target] * count + [decoy]
     objects = [objects[i] for i in rng.permutation(len(objects))]
-    events = _events(rng, num_frames, objects, cfg)
+    events = place_objects(rng, num_frames, objects, cfg)
     evidence = [j for j, o in enumerate(objects) if o == target]
     options = ["1", "2", "3", "4"]
     question = f"How many times does a {target[0]} {target[1]} appear in the video?"
-    meta = _meta(num_frames, events, target=f"{target[0]} {target[1]}", count=count)
+    meta = events_meta(num_frames, events, target=f"{target[0]} {target[1]}", count=count)
     return Sample(num_frames, events, question, options, count - 1, "count", evidence, meta)
 
 
@@ -108,11 +87,11 @@ def _compare(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sam
     nx, ny = (int(v) for v in rng.integers(1, 4, size=2))
     objects = [x] * nx + [y] * ny
     objects = [objects[i] for i in rng.permutation(len(objects))]
-    events = _events(rng, num_frames, objects, cfg)
+    events = place_objects(rng, num_frames, objects, cfg)
     correct = _the(x) if nx > ny else _the(y) if ny > nx else EQUAL
     others = [o for o in (_the(x), _the(y), EQUAL) if o != correct]
     options, answer = shuffled_options(rng, correct, others)
     question = f"Which appeared more times in the video: {_the(x)} or {_the(y)}?"
-    meta = _meta(num_frames, events, counts={_the(x)[4:]: nx, _the(y)[4:]: ny})
+    meta = events_meta(num_frames, events, counts={_the(x)[4:]: nx, _the(y)[4:]: ny})
     evidence = list(range(len(events)))
     return Sample(num_frames, events, question, options, answer, "compare", evidence, meta)

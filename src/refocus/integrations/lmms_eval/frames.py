@@ -4,7 +4,7 @@ Two sources, both keyed by the question id of the lmms-eval document:
 
 - ``selection=SEL.jsonl``: a file written by ``refocus select`` (one record per question id);
 - ``policy=DIR,budget=K``: the same selection made on the fly, by the same code
-  (:func:`refocus.cli.select.selection_records` around ``policy:DIR``), so both give the
+  (:func:`refocus.selectors.records.selection_records` around ``policy:DIR``), so both give the
   frames ``refocus select`` gives.
 
 Indices in a selection point into the video decoded by presentation time at ``fps`` (at most
@@ -121,11 +121,12 @@ class FrameSource:
     with budget (frames per question), mode (greedy / sample / distribution) and seed as in
     ``refocus select``. fps, max_frames: the decode the selection indexes (``refocus select``'s
     ``--fps`` / ``--max-frames``). frame_size: side in pixels of the frames handed to the answerer.
+    device: where the policy runs (default: CUDA when available).
     """
 
     def __init__(self, *, frame_size: int, selection: str | None = None, policy: str | None = None,
                  budget: int | None = None, mode: str | None = None, seed: int = 0,
-                 fps: float = 4.0, max_frames: int = 512) -> None:
+                 fps: float = 4.0, max_frames: int = 512, device: str | None = None) -> None:
         if (selection is None) == (policy is None):
             raise RefocusError("give exactly one of selection=SEL.jsonl or policy=DIR (with budget=K)")
         if policy is not None and (budget is None or int(budget) < 1):
@@ -141,7 +142,7 @@ class FrameSource:
         if policy is not None:
             from refocus.selectors import get_selector
 
-            self.selector = get_selector(f"policy:{policy}", seed=int(seed), mode=mode)
+            self.selector = get_selector(f"policy:{policy}", seed=int(seed), mode=mode, device=device)
 
     @property
     def description(self) -> str:
@@ -159,7 +160,7 @@ class FrameSource:
                 raise RefocusError(f"question {item.id!r}: the selection is for video {record['video']}, "
                                    f"the task gives {item.video}")
             return record
-        from refocus.cli.select import selection_records
+        from refocus.selectors.records import selection_records
 
         (record,) = selection_records([item], self.selector, self.budget, fps=self.fps,
                                       max_frames=self.max_frames, progress=False)

@@ -78,7 +78,7 @@ class RefocusFrames:
                      frames_log: str | None = None) -> None:
         self.frame_source = FrameSource(
             frame_size=frame_size or self.default_frame_size, selection=selection, policy=policy,
-            budget=budget, mode=mode, seed=seed, fps=fps, max_frames=max_frames)
+            budget=budget, mode=mode, seed=seed, fps=fps, max_frames=max_frames, device=str(self.device))
         self.id_key, self.question_key, self.options_key = id_key, question_key, options_key
         self.frames_log = None
         if frames_log:

@@ -1,5 +1,8 @@
 """Kozachenko–Leonenko differential entropy of selected timestamps (paper §4.3, Figure 6).
 
+Pure numpy/scipy, used by training (the ``select/temporal_entropy`` metric) and by
+:mod:`refocus.analysis.entropy`; it imports nothing else of refocus.
+
 The paper tracks how spread out a policy's chosen frames are in time. A selection is a small
 set of timestamps (``T'`` = 4..32 values), too few for a histogram; the nearest-neighbour
 estimator of Kozachenko and Leonenko (1987), in the k-NN form of Kraskov et al. (2004), needs

@@ -1,5 +1,9 @@
 """Tiny random vision-language checkpoints of real transformers architectures, built offline.
 
+A test fixture, not part of the package: tests import it as ``from tiny_models import ...``
+(pytest puts ``tests/`` on ``sys.path``); benchmarks put the repository root on ``sys.path``
+and import ``tests.tiny_models``.
+
 Tests and benchmarks need every reference-model family the adapters support, but nothing
 may be downloaded. Each builder here makes a randomly initialised model of the family's own
 transformers class from a small config, a tokenizer trained on the spot with ``tokenizers``
@@ -73,7 +77,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(
+def train_family_tokenizer(
     kind: str,
     special_tokens: list[str],
     named_tokens: dict[str, str] | None = None,
@@ -169,7 +173,7 @@ def build_llava(out: Path, size: str = "tiny", tokenizer_kind: str = "word", see
     )
 
     s = _sizes(size)
-    tokenizer = train_tokenizer(
+    tokenizer = train_family_tokenizer(
         tokenizer_kind,
         ["<|im_start|>", "<|im_end|>"],
         named_tokens={"image_token": "<image>"},
@@ -217,7 +221,7 @@ def build_internvl(out: Path, size: str = "tiny", tokenizer_kind: str = "bytelev
     )
 
     s = _sizes(size)
-    tokenizer = train_tokenizer(
+    tokenizer = train_family_tokenizer(
         tokenizer_kind,
         ["<|im_start|>", "<|im_end|>"],
         named_tokens={
@@ -278,7 +282,7 @@ def build_qwen2_5_vl(out: Path, size: str = "tiny", tokenizer_kind: str = "bytel
     s = _sizes(size)
     patch = 14 if size == "tiny" else 8
     image = 56 if size == "tiny" else 64
-    tokenizer = train_tokenizer(
+    tokenizer = train_family_tokenizer(
         tokenizer_kind,
         ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"],
         named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
@@ -354,7 +358,7 @@ def build_llava_onevision(
     )
 
     s = _sizes(size)
-    tokenizer = train_tokenizer(
+    tokenizer = train_family_tokenizer(
         tokenizer_kind,
         ["<|im_start|>", "<|im_end|>"],
         named_tokens={"image_token": "<image>", "video_token": "<video>"},
@@ -406,7 +410,7 @@ def build_smolvlm(out: Path, size: str = "tiny", tokenizer_kind: str = "metaspac
     )
 
     s = _sizes(size)
-    tokenizer = train_tokenizer(
+    tokenizer = train_family_tokenizer(
         tokenizer_kind,
         ["<|im_start|>", "<row_1_col_1>"],
         named_tokens={

@@ -1,0 +1,290 @@
+"""Input-level vs output-level optimisation, and both: SFT, GRPO and Video-KTR answerers on
+``multi``, with uniform frames and with a ReFoCUS policy's frames.
+
+Steps (each cached under ``--out``, so a rerun resumes where it stopped):
+
+1. a training and a held-out ``multi`` split (different seeds);
+2. the small reference model, trained on the training split plus a niah split (its first two
+   stages learn colours and shapes from niah needles); stages shorter than the demo's
+   (500 / 600 / 300 steps) so the whole benchmark fits about an hour on a shared 2-core machine;
+3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
+4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
+   ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
+   uniform frames (``configs/answerer_tiny.yaml``);
+5. held-out generated accuracy (greedy, parsed ``<answer>``) of every answerer with uniform
+   frames, and with the ReFoCUS policy's frames (greedy selection);
+6. attribution precision of the masks against the template's word tags
+   (:mod:`refocus.answerer.attribution`), for the SFT and the KTR answerers.
+
+Prints a table, then JSON as the last line:
+``{"accuracy": {"sft", "grpo", "ktr", "ktr_refocus", ...}, "attribution": {...}, "setting": {...}}``
+(accuracies are means over the seeds; per-seed values under ``"per_seed"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _cached(path: Path, build):
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _data(args, root: Path) -> tuple[Path, Path, Path]:
+    """multi train / held-out splits, and a niah training split for the reference model."""
+    from refocus.data.synth import make_benchmark
+
+    lo, hi = (int(x) for x in args.frames.split(","))
+    split = {}
+    for kind, name, videos, seed in (("multi", "train", args.train_videos, args.seed),
+                                     ("multi", "heldout", args.heldout_videos, args.seed + 1),
+                                     ("niah", "train", args.niah_videos, args.seed + 2)):
+        d = root / f"{kind}-{name}"
+        if not (d / "qa.jsonl").is_file():
+            make_benchmark(kind, d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
+        split[f"{kind}-{name}"] = d / "qa.jsonl"
+    return split["multi-train"], split["multi-heldout"], split["niah-train"]
+
+
+def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
+    """The small reference model on niah + multi: its word-frame and vision stages need the
+    niah needles (what a colour / shape looks like), its joint stage answers both."""
+    from refocus.data.questions import load_questions
+    from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
+
+    ref = root / "reference"
+    if not (ref / "reference_train.json").is_file():
+        cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
+                                        steps=args.joint_steps)
+        train_small_reference(load_questions(train_qa) + load_questions(niah_qa), ref, cfg, progress=True)
+    return ref
+
+
+def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
+    from refocus.training.config import load_config, packaged_config
+    from refocus.training.train import train_policy
+
+    out = root / "policy"
+    if not (out / "policy" / "config.json").is_file():
+        cfg = load_config(packaged_config("tiny"), max_steps=args.policy_steps, seed=args.seed)
+        train_policy(train_qa, ref, out, cfg, progress=True)
+    return out / "policy"
+
+
+def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[str, Path]:
+    from refocus.answerer.config import load_answerer_config
+    from refocus.answerer.data import load_items
+    from refocus.answerer.sft import SFTConfig, train_sft
+    from refocus.answerer.trainer import AnswererTrainer
+    from refocus.selectors import get_selector
+
+    sft = root / f"seed{seed}" / "sft"
+    if not (sft / "sft.json").is_file():
+        train_sft(train_qa, ref, sft, SFTConfig(steps=args.sft_steps, seed=seed), progress=True)
+    out = {"sft": sft}
+    for method in ("grpo", "ktr"):
+        run = root / f"seed{seed}" / method
+        if not (run / "answerer" / "config.json").is_file():
+            cfg = load_answerer_config(args.config, method=method, max_steps=args.steps, seed=seed)
+            if args.lr is not None:
+                cfg.learning_rate = args.lr
+            trainer = AnswererTrainer(cfg, load_items(train_qa), sft, get_selector("uniform", seed=seed), run,
+                                      resume=(run / "checkpoints" / "latest").is_file())
+            trainer.train()
+        out[method] = run / "answerer"
+    return out
+
+
+def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: int, max_new_tokens: int) -> dict:
+    from refocus.answerer.data import load_items
+    from refocus.answerer.generation import GenerateConfig
+    from refocus.evaluation import evaluate
+    from refocus.reference import load_reference
+    from refocus.selectors import get_selector
+
+    ref = load_reference(answerer_dir)
+    res = evaluate(load_items(heldout_qa), ref, get_selector(selector_spec, seed=0), budget, 1, progress=False,
+                   generate=GenerateConfig(max_new_tokens=max_new_tokens, do_sample=False))
+    r = res["budgets"][budget]
+    per_cat = {}
+    for cat in sorted({row["category"] for row in res["predictions"]}):
+        mine = [row["generated_correct"] for row in res["predictions"] if row["category"] == cat]
+        per_cat[cat] = float(np.mean(mine))
+    return {"generated_accuracy": r["generated_accuracy"], "format_rate": r["format_rate"],
+            "option_logit_accuracy": r["accuracy"], "evidence_recall": r["evidence_recall"],
+            "per_category": per_cat, "n": r["n_items"]}
+
+
+def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int) -> dict:
+    from refocus.answerer.attribution import attribution_precision
+    from refocus.answerer.data import EvidenceVideos, load_items
+    from refocus.answerer.generation import Answerer
+
+    a = Answerer.load(answerer_dir)
+    items = [it for it in load_items(heldout_qa) if it.evidence]
+    return attribution_precision(a, items, EvidenceVideos(a.image_size), k=budget)
+
+
+def _curves(root: Path, seeds: list[int]) -> dict:
+    curves = {}
+    for method in ("grpo", "ktr"):
+        per_seed = []
+        for seed in seeds:
+            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+            per_seed.append([r.get("reward/accuracy") for r in rows])
+        curves[method] = per_seed
+    return curves
+
+
+def _plot(result: dict, curves: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = ["sft", "grpo", "ktr"]
+    acc = result["accuracy"]
+    x = np.arange(len(names))
+    ax1.bar(x - 0.2, [acc[n] for n in names], 0.4, label="uniform frames")
+    ax1.bar(x + 0.2, [acc[f"{n}_refocus"] for n in names], 0.4, label="ReFoCUS frames")
+    ax1.set_xticks(x, names)
+    ax1.set_ylabel("held-out accuracy (generated)")
+    ax1.set_ylim(0, 1)
+    ax1.legend(loc="lower right")
+    for method, per_seed in curves.items():
+        for i, ys in enumerate(per_seed):
+            ys = np.array([np.nan if y is None else y for y in ys], dtype=float)
+            if len(ys):
+                w = min(10, len(ys))
+                smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
+                ax2.plot(np.arange(len(smooth)) + w, smooth, color="C0" if method == "grpo" else "C1",
+                         alpha=0.9 if i == 0 else 0.5, label=method if i == 0 else None)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("rollout accuracy (10-step mean)")
+    ax2.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench-ktr"))
+    p.add_argument("--train-videos", type=int, default=240)
+    p.add_argument("--heldout-videos", type=int, default=90)
+    p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
+    p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
+    p.add_argument("--align-steps", type=int, default=500)
+    p.add_argument("--vision-steps", type=int, default=600)
+    p.add_argument("--joint-steps", type=int, default=300)
+    p.add_argument("--policy-steps", type=int, default=40)
+    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
+    p.add_argument("--config", default=None, help="answerer RL config (default configs/answerer_tiny.yaml)")
+    p.add_argument("--lr", type=float, default=None, help="override the config's learning rate (both methods)")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="data splits, reference model and policy")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT/ktr.png)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from refocus.training.config import packaged_config
+
+    torch.set_num_threads(args.threads)
+    args.config = args.config or str(packaged_config("answerer_tiny"))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = args.out
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_qa, heldout_qa, niah_qa = _data(args, root)
+    ref = _reference(args, root, train_qa, niah_qa)
+    policy = _policy(args, root, train_qa, ref)
+    evals: dict = {}
+    attribution: dict = {}
+    for seed in seeds:
+        dirs = _answerers(args, root, train_qa, ref, seed)
+        for name, d in dirs.items():
+            for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}")):
+                key = f"{name}_{sel}_seed{seed}"
+                evals[key] = _cached(root / "eval" / f"{key}.json",
+                                     lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget, args.max_new_tokens))
+        for name in ("sft", "ktr"):
+            attribution[f"{name}_seed{seed}"] = _cached(root / "eval" / f"attribution_{name}_seed{seed}.json",
+                                                        lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget))
+    ref_eval = _cached(root / "eval" / "reference_option_logits.json", lambda: {
+        sel: _evaluate_logits(ref, heldout_qa, spec, args.budget)
+        for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}"), ("oracle", "oracle"))})
+
+    def mean(name: str, sel: str) -> float:
+        return round(float(np.mean([evals[f"{name}_{sel}_seed{s}"]["generated_accuracy"] for s in seeds])), 4)
+
+    accuracy = {}
+    for name in ("sft", "grpo", "ktr"):
+        accuracy[name] = mean(name, "uniform")
+        accuracy[f"{name}_refocus"] = mean(name, "refocus")
+
+    def attr(name: str, key: str) -> float:
+        return round(float(np.mean([attribution[f"{name}_seed{s}"][key] for s in seeds])), 4)
+
+    result = {
+        "accuracy": accuracy,
+        "attribution": {
+            "visual_precision": attr("ktr", "visual_precision"),
+            "temporal_precision": attr("ktr", "temporal_precision"),
+            "visual_base_rate": attr("ktr", "visual_base_rate"),
+            "temporal_base_rate": attr("ktr", "temporal_base_rate"),
+            "sft_visual_precision": attr("sft", "visual_precision"),
+            "sft_temporal_precision": attr("sft", "temporal_precision"),
+            "temporal_mask_visual_precision": attr("ktr", "temporal_mask_visual_precision"),
+            "temporal_mask_answer_share": attr("ktr", "temporal_mask_answer_share"),
+            "visual_mask_answer_share": attr("ktr", "visual_mask_answer_share"),
+        },
+        "reference_option_logits": {k: v["accuracy"] for k, v in ref_eval.items()},
+        "per_seed": {k: {"generated_accuracy": v["generated_accuracy"], "format_rate": v["format_rate"],
+                         "per_category": v["per_category"]} for k, v in evals.items()},
+        "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
+                    "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
+                    "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
+                    "lr": args.lr, "seconds": round(time.time() - t0, 1)},
+    }
+    png = args.plot or root / "ktr.png"
+    _plot(result, _curves(root, seeds), png)
+    print(f"{'answerer':10s} {'uniform':>8s} {'ReFoCUS':>8s}")
+    for name in ("sft", "grpo", "ktr"):
+        print(f"{name:10s} {accuracy[name]:8.3f} {accuracy[name + '_refocus']:8.3f}")
+    print(f"attribution: {result['attribution']}")
+    print(f"plot: {png}")
+    print(json.dumps(result))
+    return result
+
+
+def _evaluate_logits(ref_dir: Path, heldout_qa: Path, spec: str, budget: int) -> dict:
+    from refocus.answerer.data import load_items
+    from refocus.evaluation import evaluate
+    from refocus.reference import load_reference
+    from refocus.selectors import get_selector
+
+    res = evaluate(load_items(heldout_qa), load_reference(ref_dir), get_selector(spec, seed=0), budget, 1, progress=False)
+    return {"accuracy": res["budgets"][budget]["accuracy"]}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    main()

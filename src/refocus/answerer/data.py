@@ -1,0 +1,62 @@
+"""Questions, decoded videos and evidence subsets for answerer training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
+from refocus.data.questions import QAItem, load_questions
+from refocus.errors import RefocusError
+from refocus.reference.small_training import _Video, sample_subset
+
+
+def load_items(path: str | Path) -> list[QAItem]:
+    """A question file, or a benchmark directory holding ``qa.jsonl``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "qa.jsonl"
+    if not p.is_file():
+        raise RefocusError(f"{p}: question file not found")
+    return load_questions(p)
+
+
+class EvidenceVideos:
+    """Decoded frames (at one size) plus evidence masks, per video, decoded once."""
+
+    def __init__(self, size: int, fps: float = 4.0, max_frames: int = 512) -> None:
+        from refocus.video.stores import FrameStore
+
+        self.size = size
+        self.store = FrameStore(fps, max_frames)
+        self._videos: dict[str, _Video] = {}
+
+    def get(self, item: QAItem) -> _Video:
+        key = str(item.video)
+        if key not in self._videos:
+            dec = self.store.get(item, self.size)
+            mask = evidence_frame_mask(dec.timestamps, item.evidence)
+            mask = np.zeros(len(dec.frames), dtype=bool) if mask is None else mask
+            self._videos[key] = _Video(dec.frames, mask, evidence_spans_frames(dec.timestamps, item.evidence))
+        return self._videos[key]
+
+    def decoded(self, item: QAItem):
+        return self.store.get(item, self.size)
+
+    def usable(self, items: list[QAItem], skipped: list[dict]) -> list[QAItem]:
+        """Items whose video decodes; the others are appended to ``skipped``."""
+        out = []
+        for item in items:
+            try:
+                self.get(item)
+            except RefocusError as exc:
+                skipped.append({"id": item.id, "reason": " ".join(str(exc).split())})
+                continue
+            out.append(item)
+        return out
+
+
+def evidence_frames(video: _Video, k: int, rng: np.random.Generator) -> list[int]:
+    """A sorted K-frame subset covering every evidence span (the rest random haystack)."""
+    return sample_subset(rng, video, k, "positive")

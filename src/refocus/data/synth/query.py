@@ -1,0 +1,77 @@
+"""Query-conditioned selection: many objects, one of them named by the question.
+
+Each video shows ``NUM_OBJECTS`` different objects (colour, shape) once each, a few frames
+apiece, separated by haystack. The question names one object by one attribute and asks for
+the other, alternating by video index:
+
+- ``query_color``: "What colour is the star?" (the star is the only star in the video);
+- ``query_shape``: "What shape is the red object?" (the only red object).
+
+The four options are the right value and three values of the same attribute that other
+objects in the same video have, so a frame of the wrong object points to a wrong option.
+Evidence: the named object's frames only.
+
+With 6 colours and 5 shapes, 12 objects cannot all differ in both attributes: they are 12
+distinct (colour, shape) pairs, and the attribute the question names is unique in the video
+(no other red object; no other star), so the question has exactly one answer. A selector
+that ignores the question sees at most ``K`` of the 12 objects at budget ``K``: at the
+default budget of 4 it misses the named one at least 2 times in 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refocus.data.synth.common import (
+    COLORS,
+    SHAPES,
+    Sample,
+    SynthConfig,
+    events_meta,
+    pick,
+    place_objects,
+    shuffled_options,
+)
+
+CATEGORIES = ("query_color", "query_shape")
+NUM_OBJECTS = 12
+NUM_OPTIONS = 4
+MIN_FRAMES = 48
+"""12 events of up to 3 frames and 11 one-frame gaps fit in 47 frames."""
+
+
+def plan_query(rng: np.random.Generator, num_frames: int, index: int, cfg: SynthConfig) -> Sample:
+    """Draw the objects, their order and the question for video ``index``."""
+    category = CATEGORIES[index % len(CATEGORIES)]
+    color, shape = pick(rng, COLORS, 1)[0], pick(rng, SHAPES, 1)[0]
+    # Asking for the colour names the shape, which must then be unique (and vice versa).
+    asked, named = ("color", "shape") if category == "query_color" else ("shape", "color")
+    target = {"color": color, "shape": shape}
+    values = {"color": list(COLORS), "shape": list(SHAPES)}
+    # Distractor values of the asked attribute; each is carried by at least one other object.
+    distractors = pick(rng, values[asked], NUM_OPTIONS - 1, exclude=(target[asked],))
+    others = _other_objects(rng, target, named, asked, distractors)
+    objects = [(color, shape), *others]
+    objects = [objects[i] for i in rng.permutation(len(objects))]
+    events = place_objects(rng, num_frames, objects, cfg)
+    evidence = [objects.index((color, shape))]
+    options, answer = shuffled_options(rng, target[asked], distractors)
+    question = (f"What colour is the {shape}?" if category == "query_color"
+                else f"What shape is the {color} object?")
+    meta = events_meta(num_frames, events, color=color, shape=shape, named=named, asked=asked)
+    return Sample(num_frames, events, question, options, answer, category, evidence, meta)
+
+
+def _other_objects(rng: np.random.Generator, target: dict[str, str], named: str, asked: str,
+                   distractors: list[str]) -> list[tuple[str, str]]:
+    """``NUM_OBJECTS - 1`` distinct (colour, shape) pairs without the target's ``named`` value,
+    the first ones carrying each distractor value of ``asked``."""
+    values = {"color": list(COLORS), "shape": list(SHAPES)}
+    free = [v for v in values[named] if v != target[named]]
+    pairs = []
+    for d in distractors:
+        pairs.append({asked: d, named: free[int(rng.integers(len(free)))]})
+    pool = [{asked: a, named: n} for a in values[asked] for n in free]
+    pool = [p for p in pool if p not in pairs]
+    pairs += [pool[i] for i in rng.permutation(len(pool))[: NUM_OBJECTS - 1 - len(pairs)]]
+    return [(p["color"], p["shape"]) for p in pairs]

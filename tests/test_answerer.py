@@ -1,0 +1,177 @@
+"""Answerer side: rationales, reasoning generation and scoring, `refocus answerer sft / train`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from refocus.answerer.generation import Answerer, GenerateConfig, token_logprobs
+from refocus.answerer.rationale import build_rationale
+from refocus.cli import main
+from refocus.data.questions import load_questions
+from refocus.data.synth import make_benchmark
+from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory) -> Path:
+    return make_benchmark("multi", tmp_path_factory.mktemp("multi"), videos=12, frames=(32, 36), seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory, multi) -> Path:
+    cfg = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
+                               text_hidden=32, text_layers=1, text_heads=2)
+    return save_untrained_small_reference(tmp_path_factory.mktemp("small"), load_questions(multi), cfg)
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory) -> Path:
+    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("qwen") / "q")
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory, multi, small_dir) -> Path:
+    out = tmp_path_factory.mktemp("sft") / "a"
+    assert main(["answerer", "sft", "--data", str(multi), "--answerer", str(small_dir), "--out", str(out),
+                 "--steps", "3", "--batch-size", "4", "--frames", "4"]) == 0
+    return out
+
+
+def test_rationale_words_and_tags(multi):
+    items = {it.category: it for it in load_questions(multi)}
+    order = build_rationale(items["order"])
+    ev = items["order"].meta["events"]
+    assert order.words[:4] == ("<think>", "first", ev[0]["color"], ev[0]["shape"])
+    assert order.words[-3:] == ("<answer>", items["order"].answer, "</answer>")
+    assert order.tags[1] == "temporal" and order.tags[2] == order.tags[3] == "visual"
+    count = build_rationale(items["count"])
+    n = items["count"].meta["count"]
+    assert ["zero", "one", "two", "three", "four"][n] in count.words
+    assert len(order.words) == len(order.tags)
+
+
+def test_sft_extends_vocabulary_and_saves_a_reasoning_answerer(sft_dir, multi):
+    summary = json.loads((sft_dir / "sft.json").read_text())
+    assert "<think>" in summary["added_tokens"] and "then" in summary["added_tokens"]
+    assert {"generated_accuracy", "format_rate"} <= set(summary["after"])
+    assert "option_logit_accuracy" in summary["before"]
+    a = Answerer.load(sft_dir)
+    item = load_questions(multi)[0]
+    ids = a.tokenizer(build_rationale(item).text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(build_rationale(item).words)  # one token per word: tags are token tags
+    assert a.tokenizer.unk_token_id not in ids
+
+
+@pytest.mark.parametrize("family", ["small", "qwen"])
+def test_greedy_generation_matches_scoring_and_masking_hides_pixels(family, small_dir, qwen_dir, multi):
+    a = Answerer.load(small_dir if family == "small" else qwen_dir)
+    item = load_questions(multi)[0]
+    rng = np.random.default_rng(0)
+    s = a.image_size
+    frames = [rng.integers(0, 255, (s, s, 3), dtype=np.uint8) for _ in range(3)]
+    out = a.generate(item, frames, GenerateConfig(max_new_tokens=6, do_sample=False))
+    enc = a.encode(item, frames)
+    with torch.no_grad():
+        logits = a.completion_logits(enc, out.ids)
+        assert torch.equal(logits.argmax(-1)[out.valid], out.ids[out.valid])  # the scored tokens are the generated ones
+        masked = a.completion_logits(enc, out.ids, visual_masked=True)
+        other = a.encode(item, [255 - f for f in frames])
+        masked_other = a.completion_logits(other, out.ids, visual_masked=True)
+        full_other = a.completion_logits(other, out.ids)
+    assert torch.allclose(masked, masked_other, atol=1e-5)  # visual tokens removed: pixels no longer matter
+    assert not torch.allclose(logits, full_other, atol=1e-5)  # ... while they do with the full mask
+    assert a.visual_token_ids()
+    sampled = a.generate(item, frames, GenerateConfig(max_new_tokens=5), num=3, seed=0)
+    assert sampled.ids.shape[0] == 3 and sampled.valid[:, 0].all()
+    assert token_logprobs(logits, out.ids).shape == out.ids.shape
+
+
+def test_answerer_train_ktr_end_to_end_with_resume(tmp_path, sft_dir, multi):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_generations: 3\nper_device_train_batch_size: 2\nmax_new_tokens: 8\nframes: 4\n"
+                   "save_steps: 1\nlearning_rate: 1.0e-4\n")
+    out = tmp_path / "run"
+    args = ["answerer", "train", "--method", "ktr", "--data", str(multi), "--answerer", str(sft_dir),
+            "--selector", "uniform", "--out", str(out), "--config", str(cfg)]
+    assert main(args + ["--max-steps", "1"]) == 0
+    assert main(args + ["--max-steps", "2", "--resume"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("ktr/visual_ratio", "ktr/temporal_ratio", "ktr/entropy_ratio", "ktr/kept_ratio", "train/kl"):
+        assert all(r[key] is not None for r in rows), key
+    assert all(0.19 <= r["ktr/visual_ratio"] <= 1.0 and r["ktr/kept_ratio"] >= r["ktr/visual_ratio"] for r in rows)
+    assert (out / "answerer" / "config.json").is_file()
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+
+
+def test_answerer_train_grpo_and_ktr_with_tiny_qwen(tmp_path, qwen_dir, multi):
+    """A Hugging Face VLM as the answerer: SFT, then KTR (visual tokens masked in attention,
+    frames shuffled before the processor) and GRPO steps."""
+    sft = tmp_path / "sft"
+    assert main(["answerer", "sft", "--data", str(multi), "--answerer", str(qwen_dir), "--out", str(sft),
+                 "--steps", "2", "--batch-size", "2", "--frames", "2"]) == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_generations: 2\nmax_new_tokens: 6\nframes: 2\nsave_steps: 5\n")
+    for method in ("ktr", "grpo"):
+        out = tmp_path / method
+        assert main(["answerer", "train", "--method", method, "--data", str(multi), "--answerer", str(sft),
+                     "--out", str(out), "--config", str(cfg), "--max-steps", "1"]) == 0
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert row["train/loss"] is not None
+        assert ("ktr/temporal_ratio" in row) == (method == "ktr")
+        if method == "grpo":
+            assert row["ktr/kept_ratio"] == 1.0
+
+
+def test_bad_method_config_is_one_line_error(tmp_path, capsys, multi, small_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("signals: [visual, colour]\n")
+    code = main(["answerer", "train", "--method", "ktr", "--data", str(multi), "--answerer", str(small_dir),
+                 "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: signals must be")
+
+
+def test_eval_generate_scores_parsed_answers_beside_option_logits(tmp_path, sft_dir, multi, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--data", str(multi), "--answerer", str(sft_dir), "--selector", "uniform",
+                 "--budget", "4", "--out", str(out), "--generate", "--max-new-tokens", "12"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["generated_accuracy"] <= 1.0 and 0.0 <= res["format_rate"] <= 1.0
+    assert res["accuracy"] is not None  # the option-logit score stays beside it
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert isinstance(r["generated"], str)
+        assert r["generated_correct"] == (r["generated_answer"] == r["answer"])
+    captured = capsys.readouterr()
+    assert "generated accuracy" in captured.out + captured.err
+
+
+def test_attribution_precision_against_template_tags(sft_dir, qwen_dir, multi):
+    from refocus.answerer.attribution import attribution_precision
+    from refocus.answerer.data import EvidenceVideos
+    from refocus.errors import RefocusError
+
+    a = Answerer.load(sft_dir)
+    items = load_questions(multi)[:6]
+    res = attribution_precision(a, items, EvidenceVideos(a.image_size), k=4, ratio=0.2)
+    assert res["questions"] == 6
+    total = sum(len(build_rationale(it).words) + 1 for it in items)  # + the stop token
+    assert res["tokens"] == total
+    visual_words = sum(t == "visual" for it in items for t in build_rationale(it).tags)
+    assert res["visual_base_rate"] == pytest.approx(visual_words / total)
+    for key in ("visual_precision", "temporal_precision", "entropy_mask_visual_precision"):
+        assert 0.0 <= res[key] <= 1.0
+    q = Answerer.load(qwen_dir)
+    with pytest.raises(RefocusError, match="word-level"):
+        attribution_precision(q, items[:1], EvidenceVideos(q.image_size), k=2)
