@@ -22,6 +22,7 @@ from refocus.training.train import train_policy
 from refocus.training.trainer import GRPOTrainer, TrainingDiverged
 
 TINY_POLICY = {
+    "vision_from_reference": True,
     "tokens_per_frame": 1,
     "head_dim": 8,
     "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8, "state_size": 8},

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from refocus.errors import ConfigError
 
 T = TypeVar("T")
+IMPORTANCE_LEVELS = ("subset", "sequence", "token")
 
 
 @dataclass
@@ -56,9 +57,13 @@ class TrainerConfig:
 
     # ---- policy architecture (used when a new policy is built) ---------------------------
     policy: dict[str, Any] = field(default_factory=dict)
-    """Overrides of ``FramePolicyConfig`` fields for a freshly built policy."""
+    """A new policy: ``FramePolicyConfig`` fields, and where its parts come from:
+    ``vision_model`` (a vision checkpoint dir), ``backbone_model`` (a Mamba2 checkpoint dir, HF or
+    mamba_ssm format), ``tokenizer`` (default: the backbone's), ``vision_from_reference`` (reuse
+    the reference model's tower). See ``refocus policy init``. Unknown keys are errors."""
     init_policy: str | None = None
-    """Start from this policy checkpoint instead of building one (its backbone counts as pretrained)."""
+    """Start from this saved policy as it is (``refocus train --policy DIR``: a ``refocus policy
+    init`` output or a trained policy; nothing is re-initialised) instead of building one."""
 
     # ---- bookkeeping ---------------------------------------------------------------------
     seed: int = 0
@@ -75,6 +80,9 @@ class TrainerConfig:
     is written, not what is learnt)."""
 
     def __post_init__(self) -> None:
+        from refocus.policy.configuration import check_policy_keys
+
+        check_policy_keys(self.policy)
         if self.per_device_train_batch_size < 1 or self.max_steps < 1:
             raise ConfigError(
                 "per_device_train_batch_size and max_steps must be >= 1 "
@@ -214,8 +222,8 @@ class GRPOConfig(TrainerConfig):
             raise ConfigError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError("scale_rewards must be 'group', 'batch' or 'none'")
-        if self.importance_sampling_level not in ("sequence", "token"):
-            raise ConfigError("importance_sampling_level must be 'sequence' or 'token'")
+        if self.importance_sampling_level not in IMPORTANCE_LEVELS:
+            raise ConfigError(f"importance_sampling_level must be one of {', '.join(IMPORTANCE_LEVELS)}")
         if self.epsilon_high is not None and self.epsilon is None:
             raise ConfigError("epsilon_high needs epsilon (set epsilon, or leave both unset for Eq. 2)")
         if self.epsilon_high is None and self.epsilon is not None:
@@ -273,7 +281,13 @@ def load_dataclass_config(
             values.update(_read_yaml_fields(cls, Path(source)))
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(cls, values, None)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a bad value: name the file it came from
+        named = path if path is not None else base
+        if named is None or str(exc).startswith(str(named)):
+            raise
+        raise ConfigError(f"{named}: {exc}") from None
 
 
 def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
@@ -294,8 +308,12 @@ def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
 def _check_known(cls: type, values: dict[str, Any], path: Path | None) -> None:
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
+        import difflib
+
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
+        close = difflib.get_close_matches(unknown[0], sorted(f.name for f in fields(cls)), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}{hint}")
 
 
 def packaged_config(name: str) -> Path:

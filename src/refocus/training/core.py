@@ -35,39 +35,60 @@ from refocus.video.stores import FeatureStore, FrameStore
 
 
 def build_policy(cfg: TrainerConfig, reference):
-    """A new policy whose frozen encoder is the reference model's vision tower (small setting),
-    or the policy at ``cfg.init_policy``. Returns (policy, tokenizer)."""
+    """The policy to train and its tokenizer. Returns (policy, tokenizer).
+
+    ``cfg.init_policy`` (``refocus train --policy DIR``): that saved policy as it is (an
+    ``refocus policy init`` output or a trained policy; nothing is re-initialised, B.2's
+    re-initialisation happened once, when it was built from a pretrained language model).
+    Otherwise a new one from the parts named in ``cfg.policy`` (``vision_model``,
+    ``backbone_model``, ``tokenizer``; see :func:`refocus.policy.build.init_policy`): the
+    encoder comes from the reference model only with ``vision_from_reference: true``, the
+    tokenizer from the backbone (else ``tokenizer``, else the reference's).
+    """
     from transformers import AutoTokenizer
 
-    from refocus.policy import FramePolicy, FramePolicyConfig
+    from refocus.policy import FramePolicy
+    from refocus.policy.build import init_policy
 
     if cfg.init_policy:
         policy = FramePolicy.from_pretrained(cfg.init_policy)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init_policy)
-        policy.reinitialise_last_layers()  # Appendix B.2: fresh last blocks over a pretrained backbone
-        return policy, tokenizer
-    tokenizer = reference.processor.tokenizer
+        return policy, AutoTokenizer.from_pretrained(cfg.init_policy)
     overrides = dict(cfg.policy)
-    backbone = {**overrides.pop("backbone_config", {}), "vocab_size": len(tokenizer)}
-    tower = _vision_tower(reference.model)
-    policy = FramePolicy(FramePolicyConfig(
-        vision_config=tower.config.to_dict(), backbone_config=backbone, **overrides,
-    ))
-    policy.load_vision_tower(tower)
+    parts = {key: overrides.pop(key, None) for key in ("vision_model", "backbone_model", "tokenizer")}
+    from_reference = bool(overrides.pop("vision_from_reference", False))
+    policy, tokenizer, _ = init_policy(
+        vision=parts["vision_model"], backbone=parts["backbone_model"], tokenizer=parts["tokenizer"],
+        overrides=overrides, reference=reference, vision_from_reference=from_reference,
+    )
     return policy, tokenizer
 
 
+def optimizer_groups(policy, cfg: TrainerConfig) -> list[dict]:
+    """AdamW parameter groups: (pretrained, re-initialised) learning rates x (decay, no decay).
+
+    No weight decay on the logit scale, norms, biases and Mamba2's A_log / D
+    (:meth:`FramePolicy.no_decay_parameter_names`; the authors mark the logit scale
+    ``_no_weight_decay``, mamba_ssm the SSM parameters); ``cfg.weight_decay`` (B.1: 0.01) on the
+    rest. Empty groups are left out; each group has a ``name``.
+    """
+    no_decay = policy.no_decay_parameter_names()
+    lrs = {"pretrained": cfg.learning_rate, "reinitialised": cfg.learning_rate_reinit}
+    groups = []
+    for kind, params in policy.parameter_groups().items():
+        for decays in (True, False):
+            chosen = [p for name, p in params.items() if (name not in no_decay) == decays]
+            if chosen:
+                group = {"params": chosen, "lr": lrs[kind], "name": f"{kind}/{'decay' if decays else 'no_decay'}"}
+                groups.append(group if decays else group | {"weight_decay": 0.0})
+    return groups
+
+
 def make_optimizer(policy, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the policy's two parameter groups (pretrained / re-initialised learning
-    rates, Appendix B.1) and a linear warm-up then linear (or constant) schedule."""
-    groups = policy.parameter_groups()
+    """AdamW over :func:`optimizer_groups` (pretrained / re-initialised learning rates, Appendix
+    B.1; no decay on scales, norms and biases) and a linear warm-up then linear (or constant)
+    schedule."""
     optimizer = torch.optim.AdamW(
-        [
-            {"params": list(groups["pretrained"].values()), "lr": cfg.learning_rate},
-            {"params": list(groups["reinitialised"].values()), "lr": cfg.learning_rate_reinit},
-        ],
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.weight_decay,
+        optimizer_groups(policy, cfg), betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
     )
     warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
 
@@ -79,15 +100,6 @@ def make_optimizer(policy, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, t
         return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def _vision_tower(model):
-    """The vision tower of an HF vision-language model (LLaVA-style ``model.vision_tower``)."""
-    for owner in (model, getattr(model, "model", None)):
-        tower = getattr(owner, "vision_tower", None) or getattr(owner, "vision_model", None)
-        if tower is not None:
-            return tower
-    raise RefocusError(f"cannot find a vision tower in {type(model).__name__}; set init_policy instead")
 
 
 class PolicyTrainer:

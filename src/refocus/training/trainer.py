@@ -138,7 +138,7 @@ class GRPOTrainer(PolicyTrainer):
 
     # ------------------------------------------------------------------ one step
     def _batch(self) -> _Batch:
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
 
         batch = _Batch([], [], [], [])
         for q in self.batch_indices(self.step):
@@ -153,7 +153,7 @@ class GRPOTrainer(PolicyTrainer):
                 continue
             batch.items.append(item)
             batch.features.append(feats)
-            batch.question_ids.append(tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind))
+            batch.question_ids.append(policy_prompt(self.policy.config, self.tokenizer, item))
             batch.reference_frames.append(ref_frames)
         return batch
 

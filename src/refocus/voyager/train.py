@@ -139,7 +139,7 @@ class VoyagerTrainer(PolicyTrainer):
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
 
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -150,7 +150,7 @@ class VoyagerTrainer(PolicyTrainer):
                 continue
             c, lo, v = self._draw(q)
             feats.append(f)
-            qids.append(tokenize_question(self.tokenizer, self.items[q]))
+            qids.append(policy_prompt(self.policy.config, self.tokenizer, self.items[q]))
             combos.append(c)
             losses.append(lo)
             valid.append(v)
