@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refocus.cli._common import add_decode_arguments
 from refocus.distributed import add_device_arguments
 
 
@@ -30,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["greedy", "sample", "distribution"], default=None,
                    help="policy selection mode (default greedy: deterministic, one pass; sample: "
                    "one seeded sample; distribution: top-K of the 64-sample selection distribution)")
-    p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
-    p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
+    add_decode_arguments(p)
     add_device_arguments(p, "the policy (or another model-based selector)")
     p.set_defaults(func=run)
 

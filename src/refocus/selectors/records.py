@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from refocus.video.config import DecodeConfig
+
 DEFAULT_DECODE_SIZE = 64
 """Decode size for selectors that ignore pixels (only the timestamps matter to them)."""
 
@@ -20,8 +22,8 @@ def selection_records(
     selector: Any,
     budget: int,
     *,
-    fps: float = 4.0,
-    max_frames: int = 512,
+    fps: float = DecodeConfig.fps,
+    max_frames: int = DecodeConfig.max_frames,
     progress: bool = True,
 ) -> Iterator[dict]:
     """One selection-file record per item; failures become records with an ``error`` field.

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from refocus.errors import RefocusError
+from refocus.video.config import DecodeConfig
 
 TIME_TOLERANCE = 1e-4
 """Seconds a re-decoded frame's timestamp may differ from the selection's (it stores 6 decimals)."""
@@ -126,7 +127,8 @@ class FrameSource:
 
     def __init__(self, *, frame_size: int, selection: str | None = None, policy: str | None = None,
                  budget: int | None = None, mode: str | None = None, seed: int = 0,
-                 fps: float = 4.0, max_frames: int = 512, device: str | None = None) -> None:
+                 fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames,
+                 device: str | None = None) -> None:
         if (selection is None) == (policy is None):
             raise RefocusError("give exactly one of selection=SEL.jsonl or policy=DIR (with budget=K)")
         if policy is not None and (budget is None or int(budget) < 1):

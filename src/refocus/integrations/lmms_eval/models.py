@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from refocus.integrations.lmms_eval.frames import DocItem, FrameSource, strip_letters
 from refocus.integrations.lmms_eval.messages import video_url, with_frames
+from refocus.video.config import DecodeConfig
 
 REFOCUS_ARGS = ("policy", "budget", "selection", "mode", "seed", "fps", "max_frames",
                 "id_key", "question_key", "options_key", "frames_log")
@@ -73,7 +74,8 @@ class RefocusFrames:
 
     def setup_frames(self, *, frame_size: int | None, policy: str | None = None, budget: int | None = None,
                      selection: str | None = None, mode: str | None = None, seed: int = 0,
-                     fps: float = 4.0, max_frames: int = 512, id_key: str = "id",
+                     fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames,
+                     id_key: str = "id",
                      question_key: str = "question", options_key: str = "options",
                      frames_log: str | None = None) -> None:
         self.frame_source = FrameSource(
