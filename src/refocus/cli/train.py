@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="YAML", help="config overrides (e.g. configs/tiny.yaml); default: paper settings")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--policy", metavar="DIR",
+                   help="start from this saved policy as it is (a `refocus policy init` output or a trained "
+                   "policy; nothing is re-initialised) instead of building one from the config's policy: section")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = train_policy(
         data=resolve_question_file(args.data), reference=args.reference, out_dir=Path(args.out),
-        config=args.config, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+        config=args.config, max_steps=args.max_steps, seed=args.seed, resume=args.resume, init_policy=args.policy,
         device=args.device, dtype=args.dtype,
     )
     m = result.last_metrics
