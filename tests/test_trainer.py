@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from refocus.data.questions import load_questions, write_questions
 from refocus.data.synth import make_benchmark
+from refocus.errors import ConfigError
 from refocus.reference import load_reference
 from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 from refocus.training.config import GRPOConfig, load_config
