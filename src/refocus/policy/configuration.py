@@ -9,12 +9,15 @@ a laptop CPU; the paper's scale is reached by overriding ``vision_config`` (a Si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from transformers import PreTrainedConfig
 
 from refocus.errors import ConfigError
 from refocus.policy.vision import family, patch_multiple, tower_image_size
+
+# How token_pool_stride pools (LLaVA's mm_spatial_pool_mode, read by the authors' get_2dPool).
+TOKEN_POOL_MODES = ("average", "max", "bilinear")
 
 # Appendix B.6.2's policy prompt. ``{frames}`` is where the frame tokens go (the paper's
 # ``<image_1> ... <image_|v|>``), ``{question}`` the question and its "A. ..." option lines.
@@ -139,12 +142,17 @@ class FramePolicyConfig(PreTrainedConfig):
     (512 frames x 16 tokens = 8,192), and pooling to 4 makes it 2,048. Square token grids are
     pooled in 2-D, others in 1-D. Exclusive with ``token_pool_stride``."""
     token_pool_stride: int | None = None
-    """Average-pool s x s neighbouring patch tokens with stride s before the projector, as the
+    """Pool s x s neighbouring patch tokens with stride s before the projector, as the
     authors' ``get_2dPool`` (torch ``avg_pool2d``: 27 x 27 -> 13 x 13 = 169 tokens per frame for
     SigLIP-so400m at 384 px, ~8.7e4 prefix tokens for 512 frames). None: no pooling."""
-    projector_type: Literal["mlp", "linear"] = "mlp"
-    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style)
-    or "linear"."""
+    token_pool_mode: str = "average"
+    """How ``token_pool_stride`` pools, as ``get_2dPool`` reads the authors' (LLaVA's)
+    ``mm_spatial_pool_mode``: "average" (``avg_pool2d``), "max" (``max_pool2d``) or "bilinear"
+    (bilinear resize to ceil(side / s))."""
+    projector_type: str = "mlp"
+    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style),
+    "linear", or LLaVA's "mlpNx_gelu" (N Linear layers with GELU between; the authors'
+    ``mm_projector_type``). See :mod:`refocus.policy.heads`."""
     backbone_config: dict | None = None
     """Config values of the `transformers.Mamba2Config` backbone (merged over the defaults)."""
     head_dim: int | None = None
@@ -181,6 +189,18 @@ class FramePolicyConfig(PreTrainedConfig):
     freeze_vision: bool = True
     """Keep the vision encoder frozen (no gradients, eval mode); the paper trains only the
     projector, backbone and heads."""
+    logit_scale_fn: str = "identity"
+    """How the learned scale s enters the scores: "identity" (Algorithm 2's s), "softplus" or
+    "exp" of s (the authors' ``logit_scale_fn``, default softplus; ``refocus policy
+    import-official`` sets it from their checkpoint). ``logit_scale_init`` is the value of the
+    resulting multiplier."""
+    attention_scaling: bool = True
+    """Divide the scores by sqrt(d) (Algorithm 2's scaled dot product). The authors' code does
+    so only when their ``attention_scaling`` is set (their default: false)."""
+    start_of_frame_token_id: int | None = None
+    """None: ``<start_of_frame>`` is a parameter of its own (``start_embedding``). An id: it is
+    that row of the backbone's embedding table (the authors' ``start_of_frame_token_id``), so
+    it is trained and saved with the embeddings."""
     prompt_template: str = PAPER_PROMPT
     """The policy's prompt (Appendix B.6.2), tokenised by the policy's own tokenizer:
     ``{frames}`` marks the frame tokens, ``{question}`` the question with its option lines.
@@ -225,13 +245,23 @@ class FramePolicyConfig(PreTrainedConfig):
             raise ConfigError("prompt_template: {frames} must come before {question}")
         if self.token_pool_stride is not None and (self.token_pool_stride < 1 or self.tokens_per_frame):
             raise ConfigError("token_pool_stride must be >= 1, and not set together with tokens_per_frame")
+        if self.token_pool_mode not in TOKEN_POOL_MODES:
+            raise ConfigError(
+                f"token_pool_mode must be one of {TOKEN_POOL_MODES}, got {self.token_pool_mode!r}"
+            )
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ConfigError("image_mean and image_std need 3 values each, and std must be > 0")
         if self.tokens_per_frame is not None and self.tokens_per_frame < 1:
             raise ConfigError(f"tokens_per_frame must be >= 1 or None, got {self.tokens_per_frame}")
-        if self.projector_type not in ("mlp", "linear"):
+        from refocus.policy.heads import check_logit_scale_fn, projector_depth
+
+        projector_depth(self.projector_type)
+        check_logit_scale_fn(self.logit_scale_fn)
+        vocab = int(self.backbone_config["vocab_size"])
+        if self.start_of_frame_token_id is not None and not 0 <= self.start_of_frame_token_id < vocab:
             raise ConfigError(
-                f"projector_type must be 'mlp' or 'linear', got {self.projector_type!r}"
+                f"start_of_frame_token_id={self.start_of_frame_token_id} is outside the backbone "
+                f"vocabulary (0..{vocab - 1})"
             )
         if self.head_dim is not None and self.head_dim < 1:
             raise ConfigError(f"head_dim must be >= 1, got {self.head_dim}")

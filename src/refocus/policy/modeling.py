@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from refocus.errors import ConfigError
 from refocus.policy.configuration import FramePolicyConfig
+from refocus.policy.heads import apply_logit_scale, build_projector, inverse_logit_scale
 from refocus.policy.processing import PromptIds, pool_frame_tokens, preprocess_frames
 from refocus.policy.sampling import replay_logprobs, select, select_recompute
 from refocus.policy.state import RecurrentState, StateCache
@@ -92,14 +93,10 @@ class FramePolicy(PreTrainedModel):
         )
         vision_width = output_width(config.vision_model_type, vision_config)
         width = config.backbone_hidden_size
-        if config.projector_type == "linear":
-            self.projector = nn.Linear(vision_width, width)
-        else:
-            self.projector = nn.Sequential(
-                nn.Linear(vision_width, width), nn.GELU(), nn.Linear(width, width)
-            )
+        self.projector = build_projector(config.projector_type, vision_width, width)
         self.backbone = Mamba2Model(config.make_backbone_config())
-        self.start_embedding = nn.Parameter(torch.empty(width))
+        if config.start_of_frame_token_id is None:  # else: a row of the embedding table
+            self.start_embedding = nn.Parameter(torch.empty(width))
         self.key_head = nn.Linear(width, config.qk_dim, bias=False)  # B.4: one linear layer each
         self.query_head = nn.Linear(width, config.qk_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
@@ -138,8 +135,16 @@ class FramePolicy(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif module is self:  # runs last, after the backbone's own init
-            init.normal_(self.start_embedding, mean=0.0, std=cfg.sof_init_std)
-            init.constant_(self.logit_scale, cfg.logit_scale_init)
+            if cfg.start_of_frame_token_id is None:
+                init.normal_(self.start_embedding, mean=0.0, std=cfg.sof_init_std)
+            elif not getattr(self.backbone.embeddings.weight, "_is_hf_initialized", False):
+                # as the authors' reinit_for_finetune: the <start_of_frame> row, N(0, 0.02)
+                self.backbone.embeddings.weight[cfg.start_of_frame_token_id].normal_(
+                    0.0, cfg.sof_init_std
+                )
+            init.constant_(
+                self.logit_scale, inverse_logit_scale(cfg.logit_scale_init, cfg.logit_scale_fn)
+            )
             for block in self._reinit_blocks():
                 init.constant_(block.mixer.norm.weight, cfg.reinit_norm_weight)
             init.constant_(self.backbone.norm_f.weight, cfg.head_norm_weight)
@@ -298,7 +303,9 @@ class FramePolicy(PreTrainedModel):
                     tower, cfg.vision_model_type, chunk.to(self.device, dtype),
                     cfg.vision_use_final_norm, cfg.vision_drop_cls,
                 )  # (t, P, Dv)
-                outputs.append(pool_frame_tokens(tokens, cfg.tokens_per_frame, cfg.token_pool_stride))
+                outputs.append(pool_frame_tokens(
+                    tokens, cfg.tokens_per_frame, cfg.token_pool_stride, cfg.token_pool_mode
+                ))
         return torch.cat(outputs, dim=0)
 
     def embed_prefix(
@@ -313,6 +320,14 @@ class FramePolicy(PreTrainedModel):
         if before_ids is not None and before_ids.shape[1] > 0:
             parts.insert(0, self.backbone.embeddings(before_ids.to(self.device)).to(frames.dtype))
         return torch.cat(parts, dim=1)
+
+    @property
+    def start_vector(self) -> torch.Tensor:
+        """The ``<start_of_frame>`` input (D,): its own parameter, or the embedding-table row
+        ``config.start_of_frame_token_id`` (differentiable either way)."""
+        if self.config.start_of_frame_token_id is None:
+            return self.start_embedding
+        return self.backbone.embeddings.weight[self.config.start_of_frame_token_id]
 
     @property
     def projector_dtype(self) -> torch.dtype:
@@ -340,14 +355,19 @@ class FramePolicy(PreTrainedModel):
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product scores, float32: keys (B, T, d), queries (B, ..., d) -> (B, ..., T).
 
-        ``logit_scale * (K q) / sqrt(d)`` (Algorithm 2); computed in float32 outside autocast
-        so log-softmax and sampling stay exact under bf16.
+        ``fn(logit_scale) * (K q) / sqrt(d)`` (Algorithm 2; ``fn`` is ``config.logit_scale_fn``,
+        and the division only with ``config.attention_scaling``); computed in float32 outside
+        autocast so log-softmax and sampling stay exact under bf16.
         """
+        cfg = self.config
         with torch.autocast(device_type=keys.device.type, enabled=False):
             b, d = keys.shape[0], keys.shape[-1]
             q = queries.float().reshape(b, -1, d)
             scores = torch.bmm(q, keys.float().transpose(1, 2))  # (B, *, T)
-            scores = scores * (self.logit_scale.float() / math.sqrt(d))
+            scale = apply_logit_scale(self.logit_scale.float(), cfg.logit_scale_fn)
+            if cfg.attention_scaling:
+                scale = scale / math.sqrt(d)
+            scores = scores * scale
             return scores.reshape(*queries.shape[:-1], keys.shape[1])
 
     # ------------------------------------------------------------------ public API

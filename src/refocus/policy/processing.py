@@ -113,15 +113,17 @@ def preprocess_frames(
 
 
 def pool_frame_tokens(
-    tokens: torch.Tensor, tokens_per_frame: int | None, stride: int | None = None
+    tokens: torch.Tensor, tokens_per_frame: int | None, stride: int | None = None,
+    mode: str = "average",
 ) -> torch.Tensor:
     """Average-pool each frame's token sequence (T, P, Dv) to (T, tokens_per_frame, Dv).
 
     Square grids pooled to a square count are pooled in 2-D (neighbouring patches are
     averaged, keeping the layout); anything else is pooled along the sequence in 1-D.
-    ``None`` or a count >= P returns the tokens unchanged. ``stride`` s instead averages s x s
-    patches with stride s over a square grid (``avg_pool2d``, floor: 27 x 27 -> 13 x 13), as the
-    authors' ``get_2dPool``.
+    ``None`` or a count >= P returns the tokens unchanged. ``stride`` s instead pools s x s
+    patches with stride s over a square grid, as the authors' ``get_2dPool`` by ``mode``:
+    "average" (``avg_pool2d``, floor: 27 x 27 -> 13 x 13), "max" (``max_pool2d``) or
+    "bilinear" (resized to ceil(side / s): 27 x 27 -> 14 x 14).
     """
     num_frames, num_tokens, width = tokens.shape
     if stride is not None and stride > 1:
@@ -129,7 +131,15 @@ def pool_frame_tokens(
         if side * side != num_tokens:
             raise ValueError(f"token_pool_stride needs a square token grid, got {num_tokens} tokens")
         grid = tokens.transpose(1, 2).reshape(num_frames, width, side, side)
-        return F.avg_pool2d(grid, stride).flatten(2).transpose(1, 2).contiguous()
+        if mode == "average":
+            grid = F.avg_pool2d(grid, stride)
+        elif mode == "max":
+            grid = F.max_pool2d(grid, stride)
+        elif mode == "bilinear":
+            grid = F.interpolate(grid, size=[math.ceil(side / stride)] * 2, mode="bilinear")
+        else:
+            raise ValueError(f"token pooling mode must be 'average', 'max' or 'bilinear', got {mode!r}")
+        return grid.flatten(2).transpose(1, 2).contiguous()
     if tokens_per_frame is None or tokens_per_frame >= num_tokens:
         return tokens
     side, out_side = math.isqrt(num_tokens), math.isqrt(tokens_per_frame)

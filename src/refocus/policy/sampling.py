@@ -55,7 +55,7 @@ class FramePolicy(Protocol):
 
     device: torch.device
     backbone: torch.nn.Module
-    start_embedding: torch.nn.Parameter
+    start_vector: torch.Tensor  # (D,) the <start_of_frame> input
     key_head: torch.nn.Module
     value_head: torch.nn.Module
     query_head: torch.nn.Module
@@ -366,7 +366,7 @@ def select(
         uniforms = uniforms.to(device)
 
     state = prefix.state.repeat_interleave(g)  # (B*G, ...): candidates share the prefix
-    start = policy.start_embedding
+    start = policy.start_vector
     width = start.shape[0]
     step_input = start.expand(b * g, 1, width)
     unavailable = (~prefix.frame_mask)[:, None, :].expand(b, g, t).clone()  # (B, G, T)
@@ -428,7 +428,7 @@ def select_recompute(
     g = num_candidates
     device = prefix.keys.device
     uniforms = None if mode == "greedy" else draw_uniforms((b, g, k), generator).to(device)
-    start = policy.start_embedding
+    start = policy.start_vector
     order = torch.empty((b, g, k), dtype=torch.long, device=device)
     logprobs = torch.empty((b, g, k), dtype=torch.float32, device=device)
     prob_sum = (
@@ -499,7 +499,7 @@ def replay_logprobs(
     if not bool(available.gather(-1, order.unsqueeze(-1)).all()):
         raise ValueError("order selects a frame that the frame mask excludes")
 
-    start = policy.start_embedding
+    start = policy.start_vector
     width = start.shape[0]
     previous = order[:, :, :-1].reshape(b, g * (k - 1), 1).expand(-1, -1, width)
     fed_back = prefix.values.gather(1, previous).view(b, g, k - 1, width)  # V[o_1..o_{K-1}]
