@@ -21,6 +21,7 @@ def train_policy(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    sets: dict | None = None,
     device: str | None = "auto",
     dtype: str | None = "auto",
     init_policy: str | Path | None = None,
@@ -36,7 +37,7 @@ def train_policy(
     from refocus.distributed import placement
     from refocus.reference import load_reference
 
-    cfg = resolve_config(config, load_config, GRPOConfig, max_steps=max_steps, seed=seed,
+    cfg = resolve_config(config, load_config, GRPOConfig, sets, max_steps=max_steps, seed=seed,
                          init_policy=None if init_policy is None else str(init_policy))
     out_dir = Path(out_dir)
     errors: list = []
