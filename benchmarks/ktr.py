@@ -5,8 +5,9 @@ Steps (each cached under ``--out``, so a rerun resumes where it stopped):
 
 1. a training and a held-out ``multi`` split (different seeds);
 2. the small reference model, trained on the training split plus a niah split (its first two
-   stages learn colours and shapes from niah needles); stages shorter than the demo's
-   (500 / 600 / 300 steps) so the whole benchmark fits about an hour on a shared 2-core machine;
+   stages learn colours and shapes from niah needles); stages far shorter than the demo's
+   (200 / 300 / 150 steps, batch 16) so the whole benchmark fits about an hour on a 2-core
+   machine shared with other jobs;
 3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
 4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
    ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
@@ -66,7 +67,8 @@ def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
     ref = root / "reference"
     if not (ref / "reference_train.json").is_file():
         cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
-                                        steps=args.joint_steps)
+                                        steps=args.joint_steps, batch_size=args.reference_batch,
+                                        vision_batch_size=2 * args.reference_batch)
         train_small_reference(load_questions(train_qa) + load_questions(niah_qa), ref, cfg, progress=True)
     return ref
 
@@ -187,9 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout-videos", type=int, default=90)
     p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
     p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
-    p.add_argument("--align-steps", type=int, default=500)
-    p.add_argument("--vision-steps", type=int, default=600)
-    p.add_argument("--joint-steps", type=int, default=300)
+    p.add_argument("--align-steps", type=int, default=200)
+    p.add_argument("--vision-steps", type=int, default=300)
+    p.add_argument("--joint-steps", type=int, default=150)
+    p.add_argument("--reference-batch", type=int, default=16, help="reference training batch (vision: twice)")
     p.add_argument("--policy-steps", type=int, default=40)
     p.add_argument("--sft-steps", type=int, default=300)
     p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
@@ -253,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
             "sft_visual_precision": attr("sft", "visual_precision"),
             "sft_temporal_precision": attr("sft", "temporal_precision"),
             "temporal_mask_visual_precision": attr("ktr", "temporal_mask_visual_precision"),
+            "temporal_mask_order_bearing_precision": attr("ktr", "temporal_mask_order_bearing_precision"),
+            "order_bearing_base_rate": attr("ktr", "order_bearing_base_rate"),
+            "entropy_mask_visual_precision": attr("ktr", "entropy_mask_visual_precision"),
             "temporal_mask_answer_share": attr("ktr", "temporal_mask_answer_share"),
             "visual_mask_answer_share": attr("ktr", "visual_mask_answer_share"),
         },
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
                     "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
+                    "reference_steps": [args.align_steps, args.vision_steps, args.joint_steps],
                     "lr": args.lr, "seconds": round(time.time() - t0, 1)},
     }
     png = args.plot or root / "ktr.png"
