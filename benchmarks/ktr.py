@@ -1,7 +1,8 @@
 """Input-level vs output-level optimisation, and both: SFT, GRPO and Video-KTR answerers on
 ``multi``, with uniform frames and with a ReFoCUS policy's frames.
 
-Steps (each cached under ``--out``, so a rerun resumes where it stopped):
+Steps (each cached under ``--out``, so a rerun resumes where it stopped; ``--seeds 0`` and
+``--seeds 1`` may run as two processes on one ``--out``, then ``--seeds 0,1`` aggregates):
 
 1. a training and a held-out ``multi`` split (different seeds);
 2. the small reference model, trained on the training split plus a niah split (its first two
@@ -78,6 +79,8 @@ def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
     from refocus.training.train import train_policy
 
     out = root / "policy"
+    while (out / "train_config.yaml").is_file() and not (out / "train_summary.json").is_file():
+        time.sleep(20)  # another process of this benchmark (a --seeds split) is training it
     if not (out / "policy" / "config.json").is_file():
         cfg = load_config(packaged_config("tiny"), max_steps=args.policy_steps, seed=args.seed)
         train_policy(train_qa, ref, out, cfg, progress=True)
@@ -150,6 +153,30 @@ def _curves(root: Path, seeds: list[int]) -> dict:
     return curves
 
 
+def _training_summary(root: Path, seeds: list[int]) -> dict:
+    """Per method, means over seeds of: rollout accuracy in the first / last 10 steps, grad
+    norm, share of groups with zero reward spread (no gradient in either method), kept share."""
+    out = {}
+    for method in ("grpo", "ktr"):
+        rows_by_seed = []
+        for seed in seeds:
+            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            if path.is_file():
+                rows_by_seed.append([json.loads(x) for x in path.read_text().splitlines()])
+
+        def avg(key: str, part=slice(None), rows_by_seed=rows_by_seed) -> float | None:
+            vals = [r[key] for rows in rows_by_seed for r in rows[part] if r.get(key) is not None]
+            return round(float(np.mean(vals)), 4) if vals else None
+
+        out[method] = {"accuracy_first10": avg("reward/accuracy", slice(0, 10)),
+                       "accuracy_last10": avg("reward/accuracy", slice(-10, None)),
+                       "format_last10": avg("reward/format", slice(-10, None)),
+                       "grad_norm": avg("train/grad_norm"), "frac_zero_std": avg("reward/frac_zero_std"),
+                       "kept_ratio": avg("ktr/kept_ratio"), "kl_last10": avg("train/kl", slice(-10, None)),
+                       "completion_length": avg("completion/length")}
+    return out
+
+
 def _plot(result: dict, curves: dict, png: Path) -> None:
     import matplotlib
 
@@ -218,11 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     train_qa, heldout_qa, niah_qa = _data(args, root)
     ref = _reference(args, root, train_qa, niah_qa)
-    policy = _policy(args, root, train_qa, ref)
+    all_dirs = {seed: _answerers(args, root, train_qa, ref, seed) for seed in seeds}
+    policy = _policy(args, root, train_qa, ref)  # needed only to evaluate, so seeds can train first
     evals: dict = {}
     attribution: dict = {}
-    for seed in seeds:
-        dirs = _answerers(args, root, train_qa, ref, seed)
+    for seed, dirs in all_dirs.items():
         for name, d in dirs.items():
             for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}")):
                 key = f"{name}_{sel}_seed{seed}"
@@ -263,6 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
             "visual_mask_answer_share": attr("ktr", "visual_mask_answer_share"),
         },
         "reference_option_logits": {k: v["accuracy"] for k, v in ref_eval.items()},
+        "training": _training_summary(root, seeds),
+        "sft_heldout": {f"seed{s}": json.loads((root / f"seed{s}" / "sft" / "sft.json").read_text())["after"]
+                        | {"option_logit_accuracy_before": json.loads(
+                            (root / f"seed{s}" / "sft" / "sft.json").read_text())["before"]["option_logit_accuracy"]}
+                        for s in seeds},
         "per_seed": {k: {"generated_accuracy": v["generated_accuracy"], "format_rate": v["format_rate"],
                          "per_category": v["per_category"]} for k, v in evals.items()},
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
