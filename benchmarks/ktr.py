@@ -104,6 +104,8 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[s
             cfg = load_answerer_config(args.config, method=method, max_steps=args.steps, seed=seed)
             if args.lr is not None:
                 cfg.learning_rate = args.lr
+            if args.questions_per_step is not None:
+                cfg.per_device_train_batch_size = args.questions_per_step
             trainer = AnswererTrainer(cfg, load_items(train_qa), sft, get_selector("uniform", seed=seed), run,
                                       resume=(run / "checkpoints" / "latest").is_file())
             trainer.train()
@@ -111,7 +113,8 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[s
     return out
 
 
-def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: int, max_new_tokens: int) -> dict:
+def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: int, max_new_tokens: int,
+              max_items: int | None = None) -> dict:
     from refocus.answerer.data import load_items
     from refocus.answerer.generation import GenerateConfig
     from refocus.evaluation import evaluate
@@ -119,7 +122,7 @@ def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: 
     from refocus.selectors import get_selector
 
     ref = load_reference(answerer_dir)
-    res = evaluate(load_items(heldout_qa), ref, get_selector(selector_spec, seed=0), budget, 1, progress=False,
+    res = evaluate(load_items(heldout_qa)[:max_items], ref, get_selector(selector_spec, seed=0), budget, 1, progress=False,
                    generate=GenerateConfig(max_new_tokens=max_new_tokens, do_sample=False))
     r = res["budgets"][budget]
     per_cat = {}
@@ -131,13 +134,13 @@ def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: 
             "per_category": per_cat, "n": r["n_items"]}
 
 
-def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int) -> dict:
+def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int, max_items: int | None = None) -> dict:
     from refocus.answerer.attribution import attribution_precision
     from refocus.answerer.data import EvidenceVideos, load_items
     from refocus.answerer.generation import Answerer
 
     a = Answerer.load(answerer_dir)
-    items = [it for it in load_items(heldout_qa) if it.evidence]
+    items = [it for it in load_items(heldout_qa)[:max_items] if it.evidence]
     return attribution_precision(a, items, EvidenceVideos(a.image_size), k=budget)
 
 
@@ -225,8 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
     p.add_argument("--config", default=None, help="answerer RL config (default configs/answerer_tiny.yaml)")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate (both methods)")
+    p.add_argument("--questions-per-step", type=int, default=None, help="override the config's questions per RL step")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--max-heldout", type=int, default=None, help="evaluate on the first N held-out questions")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0, help="data splits, reference model and policy")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT/ktr.png)")
@@ -254,12 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
             for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}")):
                 key = f"{name}_{sel}_seed{seed}"
                 evals[key] = _cached(root / "eval" / f"{key}.json",
-                                     lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget, args.max_new_tokens))
+                                     lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget,
+                                                                      args.max_new_tokens, args.max_heldout))
         for name in ("sft", "ktr"):
             attribution[f"{name}_seed{seed}"] = _cached(root / "eval" / f"attribution_{name}_seed{seed}.json",
-                                                        lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget))
+                                                        lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget, args.max_heldout))
     ref_eval = _cached(root / "eval" / "reference_option_logits.json", lambda: {
-        sel: _evaluate_logits(ref, heldout_qa, spec, args.budget)
+        sel: _evaluate_logits(ref, heldout_qa, spec, args.budget, args.max_heldout)
         for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}"), ("oracle", "oracle"))})
 
     def mean(name: str, sel: str) -> float:
@@ -298,10 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
         "per_seed": {k: {"generated_accuracy": v["generated_accuracy"], "format_rate": v["format_rate"],
                          "per_category": v["per_category"]} for k, v in evals.items()},
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
+                    "heldout_evaluated": args.max_heldout or args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
                     "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
                     "reference_steps": [args.align_steps, args.vision_steps, args.joint_steps],
-                    "lr": args.lr, "seconds": round(time.time() - t0, 1)},
+                    "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},
     }
     png = args.plot or root / "ktr.png"
     _plot(result, _curves(root, seeds), png)
@@ -314,13 +321,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _evaluate_logits(ref_dir: Path, heldout_qa: Path, spec: str, budget: int) -> dict:
+def _evaluate_logits(ref_dir: Path, heldout_qa: Path, spec: str, budget: int, max_items: int | None = None) -> dict:
     from refocus.answerer.data import load_items
     from refocus.evaluation import evaluate
     from refocus.reference import load_reference
     from refocus.selectors import get_selector
 
-    res = evaluate(load_items(heldout_qa), load_reference(ref_dir), get_selector(spec, seed=0), budget, 1, progress=False)
+    res = evaluate(load_items(heldout_qa)[:max_items], load_reference(ref_dir), get_selector(spec, seed=0), budget, 1,
+                   progress=False)
     return {"accuracy": res["budgets"][budget]["accuracy"]}
 
 
