@@ -6,7 +6,14 @@ texture) into a temporary directory, then times ``load_video(..., cache=False)``
 frame into memory, so the lazy memory map does not flatter it). The last line of stdout is a
 JSON dict: ``{"backends": {name: seconds}, "cache_speedup": x, "fastest_ratio": {name: t/t_min}}``.
 
+``--baseline SRC`` (the ``src`` folder of another checkout, e.g. from ``git worktree add``) also
+times the default backend of that code against this one on the same clip: ``--rounds`` pairs of
+fresh processes, alternating, each the median of 3 decodes, wall and process CPU time (all
+threads), so both versions see the same machine load; the JSON gains ``"baseline"`` with the
+median of each and the ratios this / baseline.
+
     python benchmarks/decode.py [--seconds 60] [--fps 30] [--side 256] [--codec libx264]
+                                [--baseline ../old/src --rounds 6]
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +76,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-repeats", type=int, default=7)
+    parser.add_argument("--baseline", type=Path, help="src folder of the code to compare with")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating pairs for --baseline")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,11 +119,50 @@ def main() -> None:
         print(f"cold decode + store {cold:.3f} s; cache re-read {full * 1e3:.1f} ms with a full "
               f"copy ({lazy * 1e3:.1f} ms memory-mapped): {speedup:.0f}x faster")
 
-    print(json.dumps({
-        "backends": {b: round(t, 4) for b, t in backends.items()},
-        "cache_speedup": round(speedup, 1),
-        "fastest_ratio": {b: round(r, 3) for b, r in ratios.items()},
-    }))
+        result = {
+            "backends": {b: round(t, 4) for b, t in backends.items()},
+            "cache_speedup": round(speedup, 1),
+            "fastest_ratio": {b: round(r, 3) for b, r in ratios.items()},
+        }
+        if args.baseline is not None:
+            result["baseline"] = compare(clip, args.baseline, args.rounds, args.sample_fps, args.size)
+    print(json.dumps(result))
+
+
+_TIMER = """
+import statistics, sys, time
+from refocus.video import load_video
+clip, fps, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+load_video(clip, fps=fps, size=size, cache=False)
+wall, cpu = [], []
+for _ in range(3):
+    w, c = time.perf_counter(), time.process_time()
+    load_video(clip, fps=fps, size=size, cache=False)
+    wall.append(time.perf_counter() - w)
+    cpu.append(time.process_time() - c)
+print(statistics.median(wall), statistics.median(cpu))
+"""
+
+
+def compare(clip: Path, baseline: Path, rounds: int, fps: float, size: int) -> dict:
+    """Median wall / CPU seconds of this code's and ``baseline``'s pyav decode, alternating."""
+    here = Path(__file__).resolve().parents[1] / "src"
+    runs: dict[str, list[tuple[float, float]]] = {"this": [], "baseline": []}
+    for _ in range(rounds):
+        for name, src in (("baseline", baseline.resolve()), ("this", here)):
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            out = subprocess.run([sys.executable, "-c", _TIMER, str(clip), str(fps), str(size)],
+                                 env=env, capture_output=True, text=True, check=True)
+            wall, cpu = map(float, out.stdout.split()[-2:])
+            runs[name].append((wall, cpu))
+    med = {name: [statistics.median(v[i] for v in r) for i in (0, 1)] for name, r in runs.items()}
+    ratio_wall, ratio_cpu = (med["this"][i] / med["baseline"][i] for i in (0, 1))
+    print(f"pyav vs baseline ({rounds} alternating rounds): wall {med['this'][0]:.3f} / "
+          f"{med['baseline'][0]:.3f} s = {ratio_wall:.2f}x, CPU {med['this'][1]:.3f} / "
+          f"{med['baseline'][1]:.3f} s = {ratio_cpu:.2f}x")
+    return {"this_wall": round(med["this"][0], 4), "baseline_wall": round(med["baseline"][0], 4),
+            "this_cpu": round(med["this"][1], 4), "baseline_cpu": round(med["baseline"][1], 4),
+            "ratio_wall": round(ratio_wall, 3), "ratio_cpu": round(ratio_cpu, 3)}
 
 
 def _clear_cache() -> None:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     from refocus.training.config import load_config, packaged_config
     from refocus.training.train import train_policy
     from refocus.video.stores import FrameStore
-    from refocus.voyager.config import CollectConfig, VoyagerConfig
+    from refocus.voyager.config import CollectConfig, load_voyager_config
     from refocus.voyager.train import run_voyager
 
     torch.set_num_threads(1)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=False)
     info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
     filter_calls = 16 * len(filtered.scored)
-    grpo_cfg = load_config(packaged_config("tiny"), max_steps=args.grpo_steps, seed=args.run_seed)
+    grpo_cfg = load_config(packaged_config("tiny"), seed=args.run_seed).shortened(args.grpo_steps)
     grpo = train_policy(out / "filter" / "train.filtered.jsonl", ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
     lap("grpo")
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                             max_combinations=args.max_combinations, seed=args.run_seed)
     voyagers = {}
     for scoring in args.scorings.split(","):
-        cfg = VoyagerConfig(scoring=scoring, max_steps=args.voyager_steps, seed=args.run_seed)
+        cfg = load_voyager_config(scoring=scoring, max_steps=args.voyager_steps, seed=args.run_seed)
         run = run_voyager(train_qa, ref_dir, out / f"voyager-{scoring}-{args.run_seed}", collect=collect, config=cfg,
                           max_reference_calls=budget, reference=reference)
         voyagers[scoring] = run

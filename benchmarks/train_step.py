@@ -42,7 +42,7 @@ def main() -> None:
         qa = make_benchmark("niah", tmp / "niah", videos=args.videos, frames=(64, 256), seed=0)
         items = load_questions(qa)
         save_untrained_small_reference(tmp / "ref", items)
-        cfg = load_config(packaged_config("tiny"), max_steps=args.steps + 1)
+        cfg = load_config(packaged_config("tiny")).shortened(args.steps + 1)
         trainer = GRPOTrainer(cfg, items, load_reference(tmp / "ref"), tmp / "run", progress=False)
         rows = []
         for _ in range(args.steps + 1):

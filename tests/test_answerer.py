@@ -139,7 +139,8 @@ def test_bad_method_config_is_one_line_error(tmp_path, capsys, multi, small_dir)
     code = main(["answerer", "train", "--method", "ktr", "--data", str(multi), "--answerer", str(small_dir),
                  "--out", str(tmp_path / "o"), "--config", str(cfg)])
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: signals must be")
+    err = capsys.readouterr().err  # one line naming the file, then the field
+    assert err.startswith("error: ") and "c.yaml: signals must be" in err and err.count("\n") == 1
 
 
 def test_eval_generate_scores_parsed_answers_beside_option_logits(tmp_path, sft_dir, multi, capsys):

@@ -268,3 +268,15 @@ def test_grpo_loss_beta_adds_k3_term():
         grpo_loss(new, old, A, beta=0.04)
     with pytest.raises(ValueError):
         grpo_loss(new, old, A, entropy_coef=0.002)
+
+
+def test_approx_kl_is_k3_of_the_step_ratios():
+    from refocus.training.grpo_math import approx_kl
+
+    old = torch.log(torch.tensor([[[0.5, 0.25]]]))
+    new = torch.log(torch.tensor([[[0.25, 0.25]]]))
+    r = 0.5  # first step's ratio; the second step is unchanged
+    assert approx_kl(new, new.clone()) == 0.0
+    assert approx_kl(new, old) == pytest.approx(((r - 1) - math.log(r)) / 2)
+    with pytest.raises(ValueError):
+        approx_kl(new[0], old[0])

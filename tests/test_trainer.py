@@ -22,6 +22,7 @@ from refocus.training.train import train_policy
 from refocus.training.trainer import GRPOTrainer, TrainingDiverged
 
 TINY_POLICY = {
+    "vision_from_reference": True,
     "tokens_per_frame": 1,
     "head_dim": 8,
     "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8, "state_size": 8},
@@ -54,6 +55,8 @@ def tiny_config(**kw) -> GRPOConfig:
                 bf16=False, gradient_checkpointing=False, save_steps=2, save_total_limit=10,
                 policy=TINY_POLICY, seed=3)
     base.update(kw)
+    if base["max_steps"] <= base["curriculum_starts"][-1]:  # a curriculum stage past the run is rejected
+        base.update(selection_sizes=base["selection_sizes"][:1], curriculum_starts=[0])
     return GRPOConfig(**base)
 
 
@@ -212,3 +215,44 @@ def test_two_processes_keep_identical_replicas(tmp_path, bench, reference_dir):
     assert summary["num_processes"] == 2
     assert summary["replica_max_abs_diff"] == 0.0
     assert summary["reference_calls"] == 2 * 2 * 2 * 4  # steps x processes x questions x G
+
+
+def test_resume_is_strict_and_config_checked(tmp_path, bench, reference_dir):
+    from refocus.errors import RefocusError
+
+    items, ref = load_questions(bench), load_reference(reference_dir)
+    run = tmp_path / "run"
+    GRPOTrainer(tiny_config(max_steps=2, save_steps=2), items, ref, run, progress=False).train()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss/policy_loss", "loss/entropy", "loss/ratio_mean", "loss/clip_ratio",
+                "loss/clip_ratio_low", "loss/clip_ratio_high", "loss/loss", "loss/approx_kl",
+                "select/k_effective"):
+        assert key in rows[-1], key
+    assert rows[-1]["loss/approx_kl"] >= 0.0
+
+    # A field that changes what is learnt: refused, naming the field and both values.
+    with pytest.raises(RefocusError, match=r"learning_rate: 0\.01 -> 0\.02"):
+        GRPOTrainer(tiny_config(max_steps=2, save_steps=2, learning_rate=2e-2), items, ref, run,
+                    resume=True, progress=False)
+    # Bookkeeping fields may differ.
+    resumed = GRPOTrainer(tiny_config(max_steps=2, save_steps=1, logging_steps=2), items, ref, run,
+                          resume=True, progress=False)
+    assert resumed.step == 2
+
+    # Weights that do not fit the policy are an error, not silently skipped (strict load).
+    from safetensors.torch import load_file, save_file
+
+    ckpt = run / "checkpoints" / "step-000002"
+    weights = load_file(ckpt / "model.safetensors")
+    weights.pop(sorted(weights)[0])
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RefocusError, match="do not fit"):
+        GRPOTrainer(tiny_config(max_steps=2, save_steps=2), items, ref, run, resume=True, progress=False)
+
+
+def test_train_policy_honours_max_steps_and_seed_with_a_config_object(tmp_path, bench, reference_dir):
+    result = train_policy(bench, reference_dir, tmp_path / "run", config=tiny_config(max_steps=4),
+                          max_steps=3, seed=11, progress=False)
+    assert result.steps == 3
+    saved = (tmp_path / "run" / "train_config.yaml").read_text()
+    assert "max_steps: 3\n" in saved and "seed: 11\n" in saved

@@ -378,7 +378,9 @@ def test_cli_frames_prints_json(tmp_path, capsys):
     assert main(["frames", str(path), "--fps", "4", "--size", "32"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert set(out) == {"num_frames", "fps", "timestamps", "duration", "width", "height"}
+    assert set(out) == {"num_frames", "fps", "timestamps", "duration", "width", "height",
+                        "rotation", "skipped_packets"}
+    assert out["rotation"] == 0 and out["skipped_packets"] == 0
     assert out["timestamps"] == load_video(path, size=32).timestamps.tolist()
     assert out["num_frames"] == len(out["timestamps"]) and out["fps"] == 4.0
     assert (out["width"], out["height"]) == (32, 32)

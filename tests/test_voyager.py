@@ -25,7 +25,7 @@ from refocus.voyager.collect import (
     question_quota,
     sample_combinations,
 )
-from refocus.voyager.config import CollectConfig, VoyagerConfig
+from refocus.voyager.config import CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import best_combination, combination_scores, first_step_logprobs
 from refocus.voyager.ranking import (
     loss_ranks,
@@ -36,6 +36,7 @@ from refocus.voyager.ranking import (
 from refocus.voyager.train import VoyagerTrainer, run_voyager, train_voyager
 
 TINY_POLICY = {
+    "vision_from_reference": True,
     "tokens_per_frame": 1,
     "head_dim": 8,
     "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8, "state_size": 8},
@@ -75,7 +76,7 @@ def tiny_config(**kw) -> VoyagerConfig:
                 learning_rate=1e-2, learning_rate_reinit=1e-2, save_steps=2, save_total_limit=10,
                 policy=TINY_POLICY, seed=3)
     base.update(kw)
-    return VoyagerConfig(**base)
+    return load_voyager_config(**base)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -324,7 +325,7 @@ def test_save_load_gives_identical_scores_and_selections(tmp_path, bench, collec
     combos = torch.tensor([[c["indices"] for c in r["combinations"]] for r in rankings])
     with torch.no_grad():
         a = combination_scores(trainer.policy.eval(), feats, ids, combos, "set")
-        feats2 = [loaded.encode_frames(FrameStore().get(it, 32).frames) for it in items]
+        feats2 = [loaded.encode_frames(FrameStore().get(it, loaded.config.image_size).frames) for it in items]
         b = combination_scores(loaded, feats2, ids, combos, "set")
     assert torch.equal(a, b)
 
@@ -337,7 +338,7 @@ def test_save_load_gives_identical_scores_and_selections(tmp_path, bench, collec
             assert picked == sorted(set(picked)) and len(picked) == 5
             assert all(0 <= i < len(video.timestamps) for i in picked)
             with torch.no_grad():
-                logp = first_step_logprobs(loaded, [sel.prepare(video, item)], [tokenize_question(sel.tokenizer, item)])[0]
+                logp = first_step_logprobs(loaded, [sel.prepare(video, item)], [tokenize_question(sel.tokenizer, item, sel.policy.config.prompt_template)])[0]
             assert picked == sorted(torch.topk(logp, 5).indices.tolist())
             assert sel.select(video, item, 500) == list(range(len(video.timestamps)))
 
@@ -353,7 +354,7 @@ def test_sequence_selector_is_greedy_decoding(tmp_path, bench, collection):
     item = load_questions(bench)[1]
     video = FrameStore().get(item, sel.image_size)
     picked = sel.select(video, item, 4)
-    out = sel.policy.select([sel.prepare(video, item)], [tokenize_question(sel.tokenizer, item)], k=4, mode="greedy")
+    out = sel.policy.select([sel.prepare(video, item)], [tokenize_question(sel.tokenizer, item, sel.policy.config.prompt_template)], k=4, mode="greedy")
     assert picked == out.indices[0, 0].tolist() and len(set(picked)) == 4
 
 

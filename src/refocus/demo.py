@@ -188,7 +188,9 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         filter_info["fallback"] = f"only {filter_info['kept']} items passed tau; trained on the {len(ranked)} most variable"
     lap("filter")
 
-    train_cfg = load_config(packaged_config("tiny"), max_steps=cfg.train_steps, seed=cfg.seed)
+    train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed)
+    if cfg.train_steps is not None:
+        train_cfg = train_cfg.shortened(cfg.train_steps)
     run = train_policy(train_qa, ref_dir, out / "train",
                        config=train_cfg, progress=progress)
     if (out / "policy").exists() or (out / "policy").is_symlink():

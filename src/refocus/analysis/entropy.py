@@ -277,12 +277,12 @@ def _sample_orders(selector: Any, feats: Any, item: QAItem, cfg: EntropyConfig, 
     """(G, K) selection orders of one sampled run of ``min(max(ks), T)`` steps."""
     import torch
 
-    from refocus.policy import tokenize_question
+    from refocus.policy import policy_prompt
     from refocus.seeding import item_seed
 
     steps = min(max(cfg.ks), num_frames)
     generator = torch.Generator().manual_seed(item_seed(cfg.seed, item.id))
-    ids = tokenize_question(selector.tokenizer, item, blind=selector.policy.config.question_blind)
+    ids = policy_prompt(selector.policy.config, selector.tokenizer, item)
     out = selector.policy.select([feats], [ids], k=steps, num_candidates=cfg.samples,
                                  mode="sample", generator=generator)
     return out.order[0].cpu().numpy()

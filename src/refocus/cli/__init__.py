@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "frames",
     "reference",
     "filter",
+    "policy",
     "train",
     "select",
     "eval",

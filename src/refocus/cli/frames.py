@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decode a video by presentation time and print its sampled frame times as JSON",
         description="Decode VIDEO at --fps (at most --max-frames, spread evenly when capped), "
         "resize to --size, and print num_frames, fps, timestamps (pts seconds), duration, "
-        "width and height as JSON. Decoded frames are cached under $REFOCUS_CACHE_DIR/frames.",
+        "width, height (as displayed: the display matrix of phone videos is applied), "
+        "rotation and skipped_packets as JSON. Decoded frames are cached under "
+        "$REFOCUS_CACHE_DIR/frames.",
     )
     p.add_argument("video", metavar="VIDEO", help="video file (any container FFmpeg reads)")
     p.add_argument("--fps", type=float, default=4.0, help="sampling rate in frames/s (default 4)")
@@ -23,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=224, help="output frame side in pixels (default 224)")
     p.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"],
                    help="decoder (default pyav; decord/torchcodec are optional extras)")
+    p.add_argument("--no-autorotate", action="store_true",
+                   help="keep the stored orientation instead of applying the display matrix "
+                   "(ffmpeg's -noautorotate)")
     p.add_argument("--no-cache", action="store_true", help="decode even if cached, store nothing")
     p.set_defaults(func=run)
 
@@ -33,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     video = load_video(args.video, fps=args.fps, max_frames=args.max_frames, size=args.size,
-                       backend=args.backend, cache=not args.no_cache)
+                       backend=args.backend, cache=not args.no_cache,
+                       autorotate=not args.no_autorotate)
     elapsed = time.perf_counter() - start
     out = {
         "num_frames": video.num_frames,
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         "duration": video.duration,
         "width": video.width,
         "height": video.height,
+        "rotation": video.rotation,
+        "skipped_packets": video.skipped_packets,
     }
     print(json.dumps(out))
     source = "cache" if video.from_cache else video.backend

@@ -10,7 +10,7 @@ Typical use::
 
     policy = FramePolicy(FramePolicyConfig(backbone_config={"vocab_size": len(tokenizer)}))
     feats = policy.encode_frames(video.frames)               # (T, P, Dv), cache per video
-    ids = tokenize_question(tokenizer, item)                 # (L,)
+    ids = policy_prompt(policy.config, tokenizer, item)     # PromptIds (B.6.2 prompt)
     out = policy.select([feats], [ids], k=8, num_candidates=16, generator=gen)
     out.indices                                              # (1, 16, 8) sorted frame indices
     logprobs, entropies = policy.replay_logprobs([feats], [ids], out.order)  # with gradients
@@ -18,11 +18,13 @@ Typical use::
 
 from transformers import AutoConfig, AutoModel
 
-from refocus.policy.configuration import FramePolicyConfig
+from refocus.policy.configuration import PAPER_PROMPT, FramePolicyConfig, check_policy_keys
 from refocus.policy.modeling import FramePolicy, PolicyReplayOutput
 from refocus.policy.processing import (
     BLIND_QUESTION,
+    PromptIds,
     build_question_text,
+    policy_prompt,
     pool_frame_tokens,
     preprocess_frames,
     tokenize_question,
@@ -38,12 +40,16 @@ except ValueError:  # already registered (module reloaded)
 
 __all__ = [
     "BLIND_QUESTION",
+    "PAPER_PROMPT",
     "FramePolicy",
     "FramePolicyConfig",
     "PolicyReplayOutput",
+    "PromptIds",
     "RecurrentState",
     "SelectionOutput",
     "build_question_text",
+    "check_policy_keys",
+    "policy_prompt",
     "pool_frame_tokens",
     "preprocess_frames",
     "tokenize_question",

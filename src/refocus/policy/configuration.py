@@ -9,15 +9,27 @@ a laptop CPU; the paper's scale is reached by overriding ``vision_config`` (a Si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from transformers import PreTrainedConfig
 
 from refocus.errors import ConfigError
+from refocus.policy.vision import family, patch_multiple, tower_image_size
 
-# Encoders whose ``last_hidden_state`` is (frames, tokens, width): real checkpoints' towers,
-# and LeViT, the conv-stem tower of the project's own small reference model.
-VISION_MODEL_TYPES = ("siglip_vision_model", "clip_vision_model", "levit")
+# How token_pool_stride pools (LLaVA's mm_spatial_pool_mode, read by the authors' get_2dPool).
+TOKEN_POOL_MODES = ("average", "max", "bilinear")
+
+# Appendix B.6.2's policy prompt. ``{frames}`` is where the frame tokens go (the paper's
+# ``<image_1> ... <image_|v|>``), ``{question}`` the question and its "A. ..." option lines.
+PAPER_PROMPT = (
+    "<|system|>You are a helpful AI assistant.<|endoftext|>\n<|user|>\n{frames}\n{question}\n<|endoftext|>"
+)
+# The bare question after the frames (what this project's policies read before the prompt).
+BARE_PROMPT = "{frames}{question}"
+
+# Keys of a training config's ``policy:`` section that say where the parts come from; they are
+# not FramePolicyConfig fields (see refocus.policy.build).
+BUILD_KEYS = ("vision_model", "backbone_model", "tokenizer", "vision_from_reference")
 
 # A tiny SigLIP-compatible tower: 64 px frames, 16 px patches -> 4 x 4 = 16 tokens per frame.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -66,7 +78,7 @@ _BOOKKEEPING_KEYS = (
 def _merge(
     defaults: dict[str, Any], given: dict[str, Any] | None, what: str
 ) -> tuple[dict, str | None]:
-    """Merge a user-given (possibly partial) sub-config dict over the defaults.
+    """Merge a user-given (possibly partial) sub-config dict over the defaults (a copy).
 
     Returns the merged dict without bookkeeping keys, and the given ``model_type`` if any.
     """
@@ -102,8 +114,24 @@ class FramePolicyConfig(PreTrainedConfig):
     vision_config: dict | None = None
     """Config values of the frozen frame encoder (a transformers vision model config)."""
     vision_model_type: str = "siglip_vision_model"
-    """transformers model type of the encoder: "siglip_vision_model", "clip_vision_model" or
-    "levit" (whose config must also carry ``hidden_size``, its last stage's width)."""
+    """transformers model type of the encoder, one of ``refocus.policy.vision.VISION_MODEL_TYPES``
+    (SigLIP, SigLIP2, CLIP, InternViT of InternVL3-hf, the Qwen2.5-VL tower, LeViT; LeViT's
+    config must also carry ``hidden_size``, its last stage's width)."""
+    vision_feature_layer: int = -1
+    """Hidden state of the tower the policy reads, as transformers' ``vision_feature_layer``:
+    0 = patch embeddings, i = output of layer i, negative from the end (-1: last layer; -2: drop
+    the last layer, as the authors' SigLIP tower and LLaVA do). Later layers are not built."""
+    vision_use_final_norm: bool = True
+    """Pass the read hidden state through the tower's final norm (SigLIP ``post_layernorm``).
+    The authors read SigLIP before it (their tower's ``hidden_states[-1]`` with the last layer
+    deleted). Not applicable to Qwen2.5-VL, whose patch merger always runs."""
+    vision_drop_cls: bool = True
+    """Drop the CLS token of towers that have one (CLIP, InternViT), keeping patch tokens only
+    (LLaVA's "patch" feature strategy; InternVL3 does the same)."""
+    image_size: int | None = None
+    """Side S of the square frames fed to the tower; training and selection decode frames at
+    this size. None: the tower's own size (required for Qwen2.5-VL, whose tower takes any
+    multiple of 28; Appendix B.1: 384 for SigLIP-so400m)."""
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     """Per-channel mean subtracted from frames in [0, 1] (SigLIP's; CLIP uses 0.481, 0.458, 0.408)."""
     image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -112,18 +140,34 @@ class FramePolicyConfig(PreTrainedConfig):
     """Average-pool each frame's encoder tokens down to this many (P) before the backbone;
     ``None`` keeps all. A departure from the paper for CPU runs: the prefix has T * P tokens
     (512 frames x 16 tokens = 8,192), and pooling to 4 makes it 2,048. Square token grids are
-    pooled in 2-D, others (e.g. CLIP's CLS + grid) in 1-D."""
-    projector_type: Literal["mlp", "linear"] = "mlp"
-    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style)
-    or "linear"."""
+    pooled in 2-D, others in 1-D. Exclusive with ``token_pool_stride``."""
+    token_pool_stride: int | None = None
+    """Pool s x s neighbouring patch tokens with stride s before the projector, as the
+    authors' ``get_2dPool`` (torch ``avg_pool2d``: 27 x 27 -> 13 x 13 = 169 tokens per frame for
+    SigLIP-so400m at 384 px, ~8.7e4 prefix tokens for 512 frames). None: no pooling."""
+    token_pool_mode: str = "average"
+    """How ``token_pool_stride`` pools, as ``get_2dPool`` reads the authors' (LLaVA's)
+    ``mm_spatial_pool_mode``: "average" (``avg_pool2d``), "max" (``max_pool2d``) or "bilinear"
+    (bilinear resize to ceil(side / s))."""
+    projector_type: str = "mlp"
+    """Projector from encoder width to backbone width: "mlp" (Linear-GELU-Linear, LLaVA style),
+    "linear", or LLaVA's "mlpNx_gelu" (N Linear layers with GELU between; the authors'
+    ``mm_projector_type``). See :mod:`refocus.policy.heads`."""
     backbone_config: dict | None = None
     """Config values of the `transformers.Mamba2Config` backbone (merged over the defaults)."""
-    head_dim: int = 64
-    """Width d of keys and queries; scores are divided by sqrt(d) (Appendix B.2)."""
+    head_dim: int | None = None
+    """Width d of keys and queries; scores are divided by sqrt(d). None: d = d_model, the
+    paper's (B.2: scores divided by sqrt(d_model); B.4: each head one d_model -> d_model linear
+    layer). A smaller d is this project's option for cheaper heads."""
     num_reinit_layers: int = 2
-    """Last backbone blocks re-initialised (fresh Mamba2 init) over a pretrained backbone (B.2)."""
+    """Last backbone blocks re-initialised (fresh Mamba2 init) over a pretrained backbone (B.2).
+    Applied once, by ``refocus policy init`` / :func:`refocus.policy.build.init_policy`, never when
+    a saved policy is loaded, warm-started or resumed."""
     reinit_norm_weight: float = 0.1
-    """RMSNorm weight (gamma) of the re-initialised blocks' residual-path norm (B.2: 0.1)."""
+    """RMSNorm weight (gamma) of the re-initialised blocks' mixer norm (``mixer.norm``, the gated
+    RMSNorm on the block's residual branch before ``out_proj``; B.2: 0.1, placed as in the
+    authors' ``reinit_for_finetune``). On the block's pre-norm it would be cancelled by the
+    mixer's own normalisation."""
     head_norm_weight: float = 1.0
     """RMSNorm weight of the norm after the last block, before the K/Q/V heads (B.2: 1.0)."""
     qk_init_gain: float = 1.0
@@ -145,13 +189,32 @@ class FramePolicyConfig(PreTrainedConfig):
     freeze_vision: bool = True
     """Keep the vision encoder frozen (no gradients, eval mode); the paper trains only the
     projector, backbone and heads."""
+    logit_scale_fn: str = "identity"
+    """How the learned scale s enters the scores: "identity" (Algorithm 2's s), "softplus" or
+    "exp" of s (the authors' ``logit_scale_fn``, default softplus; ``refocus policy
+    import-official`` sets it from their checkpoint). ``logit_scale_init`` is the value of the
+    resulting multiplier."""
+    attention_scaling: bool = True
+    """Divide the scores by sqrt(d) (Algorithm 2's scaled dot product). The authors' code does
+    so only when their ``attention_scaling`` is set (their default: false)."""
+    start_of_frame_token_id: int | None = None
+    """None: ``<start_of_frame>`` is a parameter of its own (``start_embedding``). An id: it is
+    that row of the backbone's embedding table (the authors' ``start_of_frame_token_id``), so
+    it is trained and saved with the embeddings."""
+    prompt_template: str = PAPER_PROMPT
+    """The policy's prompt (Appendix B.6.2), tokenised by the policy's own tokenizer:
+    ``{frames}`` marks the frame tokens, ``{question}`` the question with its option lines.
+    ``"{frames}{question}"`` is the bare question after the frames."""
 
     def __post_init__(self, **kwargs):
-        self.vision_config, vision_type = _merge(
-            DEFAULT_VISION_CONFIG, self.vision_config, "vision_config"
-        )
-        if vision_type is not None:
-            self.vision_model_type = vision_type
+        given = self.vision_config
+        if hasattr(given, "to_dict"):  # a transformers config object
+            given = given.to_dict()
+        if isinstance(given, dict) and given.get("model_type"):
+            self.vision_model_type = given["model_type"]
+        # the tiny defaults describe a SigLIP tower; another family's dict stands alone
+        defaults = DEFAULT_VISION_CONFIG if self.vision_model_type == "siglip_vision_model" else {}
+        self.vision_config, _ = _merge(defaults, given, "vision_config")
         self.backbone_config, backbone_type = _merge(
             DEFAULT_BACKBONE_CONFIG, self.backbone_config, "backbone_config"
         )
@@ -159,25 +222,48 @@ class FramePolicyConfig(PreTrainedConfig):
             raise ConfigError(
                 f"backbone_config must describe a mamba2 model, got model_type={backbone_type!r}"
             )
+        fam = family(self.vision_model_type)
+        if fam.drop_head is not None:  # the pooling head is never read
+            self.vision_config[fam.drop_head] = False
+        if self.image_size is None:
+            self.image_size = tower_image_size(self.vision_model_type, self.vision_config)
         self.image_mean = [float(x) for x in self.image_mean]
         self.image_std = [float(x) for x in self.image_std]
         super().__post_init__(**kwargs)
         self._check()
 
     def _check(self) -> None:
-        if self.vision_model_type not in VISION_MODEL_TYPES:
+        family(self.vision_model_type)
+        if self.image_size is None:
+            raise ConfigError(f"a {self.vision_model_type} tower takes any frame size: set image_size")
+        multiple = patch_multiple(self.vision_model_type, self.vision_config)
+        if self.image_size < 1 or self.image_size % multiple:
+            raise ConfigError(f"image_size={self.image_size} must be a positive multiple of {multiple}")
+        if "{frames}" not in self.prompt_template or "{question}" not in self.prompt_template:
+            raise ConfigError("prompt_template needs both {frames} and {question}")
+        if self.prompt_template.index("{frames}") > self.prompt_template.index("{question}"):
+            raise ConfigError("prompt_template: {frames} must come before {question}")
+        if self.token_pool_stride is not None and (self.token_pool_stride < 1 or self.tokens_per_frame):
+            raise ConfigError("token_pool_stride must be >= 1, and not set together with tokens_per_frame")
+        if self.token_pool_mode not in TOKEN_POOL_MODES:
             raise ConfigError(
-                f"vision_model_type must be one of {VISION_MODEL_TYPES}, got {self.vision_model_type!r}"
+                f"token_pool_mode must be one of {TOKEN_POOL_MODES}, got {self.token_pool_mode!r}"
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ConfigError("image_mean and image_std need 3 values each, and std must be > 0")
         if self.tokens_per_frame is not None and self.tokens_per_frame < 1:
             raise ConfigError(f"tokens_per_frame must be >= 1 or None, got {self.tokens_per_frame}")
-        if self.projector_type not in ("mlp", "linear"):
+        from refocus.policy.heads import check_logit_scale_fn, projector_depth
+
+        projector_depth(self.projector_type)
+        check_logit_scale_fn(self.logit_scale_fn)
+        vocab = int(self.backbone_config["vocab_size"])
+        if self.start_of_frame_token_id is not None and not 0 <= self.start_of_frame_token_id < vocab:
             raise ConfigError(
-                f"projector_type must be 'mlp' or 'linear', got {self.projector_type!r}"
+                f"start_of_frame_token_id={self.start_of_frame_token_id} is outside the backbone "
+                f"vocabulary (0..{vocab - 1})"
             )
-        if self.head_dim < 1:
+        if self.head_dim is not None and self.head_dim < 1:
             raise ConfigError(f"head_dim must be >= 1, got {self.head_dim}")
         layers = int(self.backbone_config["num_hidden_layers"])
         if not 0 <= self.num_reinit_layers <= layers:
@@ -198,14 +284,74 @@ class FramePolicyConfig(PreTrainedConfig):
         """Backbone width D (also the width of the value vectors fed back as inputs)."""
         return int(self.backbone_config["hidden_size"])
 
+    @property
+    def qk_dim(self) -> int:
+        """Width d of keys and queries (``head_dim``, or d_model when it is None)."""
+        return self.backbone_hidden_size if self.head_dim is None else int(self.head_dim)
+
     def make_vision_config(self) -> PreTrainedConfig:
         """The encoder's transformers config object."""
-        from transformers import AutoConfig
+        from refocus.policy.vision import make_config
 
-        return AutoConfig.for_model(self.vision_model_type, **self.vision_config)
+        return make_config(self.vision_model_type, self.vision_config)
 
     def make_backbone_config(self) -> PreTrainedConfig:
         """The backbone's `Mamba2Config`."""
         from transformers import Mamba2Config
 
         return Mamba2Config(**self.backbone_config)
+
+
+def _unknown(key: str, known: set[str], where: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean {where}{close[0]}?)" if close else ""
+    return ConfigError(f"unknown key {where}{key}{hint}")
+
+
+def policy_field_names() -> set[str]:
+    """The fields FramePolicyConfig itself declares (not transformers' generic config fields)."""
+    names: set[str] = set()
+    for cls in FramePolicyConfig.__mro__:
+        if cls is PreTrainedConfig:
+            break
+        names |= set(getattr(cls, "__annotations__", {}))
+    return names - {"model_type"}
+
+
+def check_policy_keys(values: dict[str, Any], where: str = "policy.") -> None:
+    """Raise a ConfigError naming the first unknown key of a ``policy:`` section, at any level.
+
+    Top-level keys must be FramePolicyConfig fields or BUILD_KEYS; ``backbone_config`` keys
+    must be `transformers.Mamba2Config` fields; ``vision_config`` keys must be fields of the
+    config class of ``vision_model_type``.
+    """
+    from transformers import Mamba2Config
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where.rstrip('.')} must be a mapping of policy fields")
+    known = policy_field_names() | set(BUILD_KEYS)
+    for key in values:
+        if key not in known:
+            raise _unknown(key, known, where)
+    nested = {"backbone_config": lambda: set(Mamba2Config().to_dict())}
+    vision_type = values.get("vision_model_type", FramePolicyConfig.vision_model_type)
+    family(vision_type)  # a bad type is named before its fields are looked up
+
+    def vision_fields() -> set[str]:
+        from refocus.policy.vision import make_config
+
+        return set(make_config(vision_type, {}).to_dict())
+
+    nested["vision_config"] = vision_fields
+    for name, fields_of in nested.items():
+        sub = values.get(name)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{where}{name} must be a mapping")
+        known_sub = fields_of() | {"model_type"}
+        for key in sub:
+            if key not in known_sub:
+                raise _unknown(key, known_sub, f"{where}{name}.")

@@ -4,11 +4,13 @@ Data flow (shape letters: B questions, G candidates, T frames, P tokens per fram
 tokens, D backbone width, d key/query width, K frames to select)::
 
     frames (T, H, W, 3) uint8 --encode_frames (frozen, cached by callers)--> (T, P, Dv)
-    --projector--> (T*P, D) ++ question embeddings (L, D) = prefix (S, D)
+    --projector--> (T*P, D); prompt text before the frames (L0, D) ++ frames ++ question
+    (L, D) = prefix (S, D) (Appendix B.6.2's prompt, ``FramePolicyConfig.prompt_template``)
     --Mamba2 backbone + final RMSNorm--> frame embedding = output at each frame's last token
     --key / value heads--> keys (T, d), values (T, D)
     selection state after the prefix --one token per step: <start_of_frame>, then the value
     vector of the frame chosen last--> query (d) --scale * K q / sqrt(d)--> logits over frames
+    (d = d_model by default, B.2 / B.4)
 
 The heavy lifting of sampling and replay lives in :mod:`refocus.policy.sampling`; this module
 holds the parameters, their initialisation, and the backbone driver that carries the Mamba2
@@ -27,18 +29,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModel, Mamba2Model, PreTrainedModel
+from transformers import Mamba2Model, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from refocus.errors import ConfigError
 from refocus.policy.configuration import FramePolicyConfig
-from refocus.policy.processing import pool_frame_tokens, preprocess_frames
+from refocus.policy.heads import apply_logit_scale, build_projector, inverse_logit_scale
+from refocus.policy.processing import PromptIds, pool_frame_tokens, preprocess_frames
 from refocus.policy.sampling import replay_logprobs, select, select_recompute
 from refocus.policy.state import RecurrentState, StateCache
+from refocus.policy.vision import build_tower, output_width, run_tower
 
 FeaturesLike = torch.Tensor | Sequence[torch.Tensor]
-IdsLike = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[int]]
+IdsLike = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[int]] | Sequence[PromptIds]
 
 
 @dataclass
@@ -51,13 +55,26 @@ class PolicyReplayOutput(ModelOutput):
     """(B, G, K) entropy of each step's distribution over the still-available frames."""
 
 
+def _common_prefix(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """The prefix p with p + key in ``state`` for every key of ``own`` (shortest first), or None."""
+    anchor = max(own, key=len)  # the most specific key: fewest accidental matches
+    candidates = sorted({k[: len(k) - len(anchor)] for k in state if k.endswith(anchor)}, key=len)
+    for prefix in candidates:
+        if prefix and not prefix.endswith("."):
+            continue
+        if all(prefix + k in state for k in own):
+            return prefix
+    return None
+
+
 class FramePolicy(PreTrainedModel):
     """Mamba2 frame-selection policy: picks K frames of a video for a question, autoregressively.
 
     See the module docstring for the data flow and :class:`FramePolicyConfig` for the fields.
     The vision tower is built from the config and frozen; copy trained weights into it with
     :meth:`load_vision_tower`. Start from a pretrained Mamba2 backbone with
-    :meth:`init_from_pretrained_backbone` (Appendix B.2 re-initialisation).
+    :meth:`init_from_pretrained_backbone` (Appendix B.2 re-initialisation); ``refocus policy
+    init`` (:mod:`refocus.policy.build`) does both from checkpoint directories.
     """
 
     config_class = FramePolicyConfig
@@ -70,18 +87,18 @@ class FramePolicy(PreTrainedModel):
     def __init__(self, config: FramePolicyConfig) -> None:
         super().__init__(config)
         vision_config = config.make_vision_config()
-        self.vision_tower = AutoModel.from_config(vision_config)
-        vision_width, width = int(vision_config.hidden_size), config.backbone_hidden_size
-        if config.projector_type == "linear":
-            self.projector = nn.Linear(vision_width, width)
-        else:
-            self.projector = nn.Sequential(
-                nn.Linear(vision_width, width), nn.GELU(), nn.Linear(width, width)
-            )
+        self.vision_tower = build_tower(
+            config.vision_model_type, config.vision_config,
+            config.vision_feature_layer, config.vision_use_final_norm,
+        )
+        vision_width = output_width(config.vision_model_type, vision_config)
+        width = config.backbone_hidden_size
+        self.projector = build_projector(config.projector_type, vision_width, width)
         self.backbone = Mamba2Model(config.make_backbone_config())
-        self.start_embedding = nn.Parameter(torch.empty(width))
-        self.key_head = nn.Linear(width, config.head_dim, bias=False)
-        self.query_head = nn.Linear(width, config.head_dim, bias=False)
+        if config.start_of_frame_token_id is None:  # else: a row of the embedding table
+            self.start_embedding = nn.Parameter(torch.empty(width))
+        self.key_head = nn.Linear(width, config.qk_dim, bias=False)  # B.4: one linear layer each
+        self.query_head = nn.Linear(width, config.qk_dim, bias=False)
         self.value_head = nn.Linear(width, width, bias=True)
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.prefix_segment_frames: int | None = None
@@ -118,10 +135,18 @@ class FramePolicy(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif module is self:  # runs last, after the backbone's own init
-            init.normal_(self.start_embedding, mean=0.0, std=cfg.sof_init_std)
-            init.constant_(self.logit_scale, cfg.logit_scale_init)
+            if cfg.start_of_frame_token_id is None:
+                init.normal_(self.start_embedding, mean=0.0, std=cfg.sof_init_std)
+            elif not getattr(self.backbone.embeddings.weight, "_is_hf_initialized", False):
+                # as the authors' reinit_for_finetune: the <start_of_frame> row, N(0, 0.02)
+                self.backbone.embeddings.weight[cfg.start_of_frame_token_id].normal_(
+                    0.0, cfg.sof_init_std
+                )
+            init.constant_(
+                self.logit_scale, inverse_logit_scale(cfg.logit_scale_init, cfg.logit_scale_fn)
+            )
             for block in self._reinit_blocks():
-                init.constant_(block.norm.weight, cfg.reinit_norm_weight)
+                init.constant_(block.mixer.norm.weight, cfg.reinit_norm_weight)
             init.constant_(self.backbone.norm_f.weight, cfg.head_norm_weight)
 
     def _reinit_blocks(self) -> list[nn.Module]:
@@ -132,10 +157,12 @@ class FramePolicy(PreTrainedModel):
     def reinitialise_last_layers(self) -> None:
         """Fresh Mamba2 init of the last ``num_reinit_layers`` blocks (Appendix B.2).
 
-        The blocks get the same init as a newly built transformers ``Mamba2Model``; the
-        residual-path RMSNorm of each (the block's pre-mixer norm, which reads the residual
-        stream) is then set to ``reinit_norm_weight`` (0.1), and the final norm before the
-        heads to ``head_norm_weight`` (1.0).
+        The blocks get the same init as a newly built transformers ``Mamba2Model``; the gated
+        RMSNorm on each block's residual branch (``mixer.norm``, before ``out_proj``, where the
+        authors' ``reinit_for_finetune`` puts it) is then set to ``reinit_norm_weight`` (0.1),
+        so the fresh blocks add a small update to the residual stream, and the final norm
+        before the heads to ``head_norm_weight`` (1.0). The blocks' pre-norms keep the Mamba2
+        init (1.0). Call it once, when starting from a pretrained language model.
         """
         for block in self._reinit_blocks():
             modules = list(block.modules())
@@ -146,7 +173,7 @@ class FramePolicy(PreTrainedModel):
                         del tensor._is_hf_initialized
             for module in reversed(modules):  # children before parents, as transformers does
                 self.backbone._init_weights(module)
-            block.norm.weight.fill_(self.config.reinit_norm_weight)
+            block.mixer.norm.weight.fill_(self.config.reinit_norm_weight)
         self.backbone.norm_f.weight.fill_(self.config.head_norm_weight)
 
     def init_from_pretrained_backbone(
@@ -170,21 +197,45 @@ class FramePolicy(PreTrainedModel):
         self.reinitialise_last_layers()
 
     def load_vision_tower(self, source: nn.Module | Mapping[str, torch.Tensor]) -> None:
-        """Copy the weights of an existing vision tower (e.g. the reference model's) into the policy.
+        """Copy the weights of an existing vision tower into the policy's (frozen) tower.
 
-        The tower must have the architecture described by ``config.vision_config`` (build the
-        policy config from the same vision config). A ``vision_model.`` key prefix present on
-        one side only is adapted.
+        ``source``: a tower module (e.g. the reference model's) or a state dict, possibly of a
+        whole checkpoint: every key of the policy's tower must appear in it under one common
+        prefix (``""``, ``"vision_model."``, ``"model.vision_tower."``, ``"visual."``, ...), found
+        from the keys themselves. Extra keys (layers after ``vision_feature_layer``, an unused
+        final norm or pooling head, the rest of a VLM) are ignored.
         """
         state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
         own = self.vision_tower.state_dict()
-        prefix = "vision_model."
-        if not set(state) & set(own):
-            if all(k.startswith(prefix) for k in own):
-                state = {prefix + k: v for k, v in state.items()}
-            elif all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-        self.vision_tower.load_state_dict(state, strict=True)
+        prefix = _common_prefix(own, state)
+        if prefix is None:
+            sample = sorted(own)[:3]
+            raise ConfigError(
+                "the source has no vision tower matching the policy's vision_config "
+                f"(no common prefix before its keys, e.g. {sample})"
+            )
+        mismatched = [k for k in own if tuple(state[prefix + k].shape) != tuple(own[k].shape)]
+        if mismatched:
+            k = mismatched[0]
+            raise ConfigError(
+                f"vision tower weight {k}: source shape {tuple(state[prefix + k].shape)}, "
+                f"policy {tuple(own[k].shape)} (build the policy config from the source's vision config)"
+            )
+        self.vision_tower.load_state_dict({k: state[prefix + k] for k in own}, strict=True)
+
+    def no_decay_parameter_names(self) -> set[str]:
+        """Trainable parameters kept out of weight decay: the logit scale (the authors mark it
+        ``_no_weight_decay``), every norm weight/bias, every bias, and Mamba2's ``A_log`` / ``D``
+        (which mamba_ssm marks ``_no_weight_decay``). As transformers' Trainer, decay applies to
+        the remaining matrices and embeddings."""
+        names = {"logit_scale"}
+        for module_name, module in self.named_modules():
+            is_norm = "norm" in type(module).__name__.lower()
+            for name, _ in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                if is_norm or name.endswith("bias") or name in ("A_log", "D"):
+                    names.add(full)
+        return names
 
     def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """Trainable parameters split for the two learning rates of the trainer.
@@ -236,32 +287,47 @@ class FramePolicy(PreTrainedModel):
     ) -> torch.Tensor:
         """Frozen encoder features of one video: uint8 (T, H, W, 3) -> (T, P, Dv).
 
-        Frames are resized to the encoder's image size and normalised; tokens are pooled to
+        Frames are resized to ``config.image_size`` and normalised; the tower is read at
+        ``vision_feature_layer``; tokens are pooled by ``token_pool_stride`` or to
         ``tokens_per_frame`` if set. Callers cache the result per video: everything
         downstream (sampling, replay) takes these features.
         """
         cfg = self.config
-        pixels = preprocess_frames(
-            frames, int(cfg.vision_config["image_size"]), cfg.image_mean, cfg.image_std
-        )
+        pixels = preprocess_frames(frames, int(cfg.image_size), cfg.image_mean, cfg.image_std)
         tower = self.vision_tower
         dtype = next(tower.parameters()).dtype
         outputs = []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_vision):
             for chunk in pixels.split(batch_size):
-                tokens = tower(
-                    pixel_values=chunk.to(self.device, dtype)
-                ).last_hidden_state  # (t, P, Dv)
-                outputs.append(pool_frame_tokens(tokens, cfg.tokens_per_frame))
+                tokens = run_tower(
+                    tower, cfg.vision_model_type, chunk.to(self.device, dtype),
+                    cfg.vision_use_final_norm, cfg.vision_drop_cls,
+                )  # (t, P, Dv)
+                outputs.append(pool_frame_tokens(
+                    tokens, cfg.tokens_per_frame, cfg.token_pool_stride, cfg.token_pool_mode
+                ))
         return torch.cat(outputs, dim=0)
 
-    def embed_prefix(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
-        """Backbone inputs of the prefix: (N, T, P, Dv) features, (N, L) ids -> (N, T*P + L, D)."""
+    def embed_prefix(
+        self, features: torch.Tensor, question_ids: torch.Tensor, before_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Backbone inputs of the prefix: (N, T, P, Dv) features, (N, L) ids after the frames and
+        optional (N, L0) ids before them -> (N, L0 + T*P + L, D)."""
         n, t, p, _ = features.shape
         dtype = self.projector_dtype
         frames = self.projector(features.to(self.device, dtype)).reshape(n, t * p, -1)
-        text = self.backbone.embeddings(question_ids.to(self.device))
-        return torch.cat([frames, text.to(frames.dtype)], dim=1)
+        parts = [frames, self.backbone.embeddings(question_ids.to(self.device)).to(frames.dtype)]
+        if before_ids is not None and before_ids.shape[1] > 0:
+            parts.insert(0, self.backbone.embeddings(before_ids.to(self.device)).to(frames.dtype))
+        return torch.cat(parts, dim=1)
+
+    @property
+    def start_vector(self) -> torch.Tensor:
+        """The ``<start_of_frame>`` input (D,): its own parameter, or the embedding-table row
+        ``config.start_of_frame_token_id`` (differentiable either way)."""
+        if self.config.start_of_frame_token_id is None:
+            return self.start_embedding
+        return self.backbone.embeddings.weight[self.config.start_of_frame_token_id]
 
     @property
     def projector_dtype(self) -> torch.dtype:
@@ -289,14 +355,19 @@ class FramePolicy(PreTrainedModel):
     def frame_logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product scores, float32: keys (B, T, d), queries (B, ..., d) -> (B, ..., T).
 
-        ``logit_scale * (K q) / sqrt(d)`` (Algorithm 2); computed in float32 outside autocast
-        so log-softmax and sampling stay exact under bf16.
+        ``fn(logit_scale) * (K q) / sqrt(d)`` (Algorithm 2; ``fn`` is ``config.logit_scale_fn``,
+        and the division only with ``config.attention_scaling``); computed in float32 outside
+        autocast so log-softmax and sampling stay exact under bf16.
         """
+        cfg = self.config
         with torch.autocast(device_type=keys.device.type, enabled=False):
             b, d = keys.shape[0], keys.shape[-1]
             q = queries.float().reshape(b, -1, d)
             scores = torch.bmm(q, keys.float().transpose(1, 2))  # (B, *, T)
-            scores = scores * (self.logit_scale.float() / math.sqrt(d))
+            scale = apply_logit_scale(self.logit_scale.float(), cfg.logit_scale_fn)
+            if cfg.attention_scaling:
+                scale = scale / math.sqrt(d)
+            scores = scores * scale
             return scores.reshape(*queries.shape[:-1], keys.shape[1])
 
     # ------------------------------------------------------------------ public API

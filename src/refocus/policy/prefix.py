@@ -1,4 +1,4 @@
-"""The prefix pass ``[frames, question]`` in segments along the sequence, optionally checkpointed.
+"""The prefix pass ``[prompt, frames, question]`` in segments along the sequence, optionally checkpointed.
 
 At the paper's sizes the prefix is long (512 frames x 729 SigLIP tokens = 373,248 tokens) and
 a backward pass that keeps every block's input for all of it needs ``layers x tokens x
@@ -23,27 +23,34 @@ from torch.utils.checkpoint import checkpoint
 from refocus.policy.state import RecurrentState
 
 
-def _segment(policy, features: torch.Tensor, ids: torch.Tensor, state: RecurrentState | None):
-    """One segment: (n, s, P, Dv) features (+ (n, L) ids on the last segment, else (n, 0))
-    from ``state``; returns each frame's last-token output (n, s, D) and the end state."""
+def _segment(
+    policy, features: torch.Tensor, ids: torch.Tensor, state: RecurrentState | None,
+    before: torch.Tensor | None = None,
+):
+    """One segment: optional (n, L0) prompt ids before the frames (first segment only),
+    (n, s, P, Dv) features (+ (n, L) ids on the last segment, else (n, 0)) from ``state``;
+    returns each frame's last-token output (n, s, D) and the end state."""
     p = features.shape[2]
-    embeds = policy.embed_prefix(features, ids)  # (n, s*P + L, D)
+    l0 = 0 if before is None else before.shape[1]
+    embeds = policy.embed_prefix(features, ids, before)  # (n, L0 + s*P + L, D)
     hidden, new_state = policy.run_backbone(embeds, state)
-    return hidden[:, p - 1 : features.shape[1] * p : p], new_state
+    return hidden[:, l0 + p - 1 : l0 + features.shape[1] * p : p], new_state
 
 
 def run_prefix(
-    policy, features: torch.Tensor, ids: torch.Tensor, segment_frames: int | None = None
+    policy, features: torch.Tensor, ids: torch.Tensor, segment_frames: int | None = None,
+    before: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, RecurrentState]:
     """Frame embeddings (n, T, D) (the backbone output at each frame's last token, B.5) and
-    the state after ``[frames, question]``, for (n, T, P, Dv) features and (n, L) ids.
+    the state after ``[prompt before the frames, frames, question]``, for (n, T, P, Dv)
+    features, (n, L) ids after the frames and optional (n, L0) ids before them.
 
     ``segment_frames``: frames per segment (None or >= T: one pass). Segments are
     checkpointed when gradients are on and the policy has gradient checkpointing enabled.
     """
     t = features.shape[1]
     if segment_frames is None or segment_frames >= t:
-        return _segment(policy, features, ids, None)
+        return _segment(policy, features, ids, None, before)
     if segment_frames < 1:
         raise ValueError(f"segment_frames must be >= 1 or None, got {segment_frames}")
     save_memory = torch.is_grad_enabled() and getattr(policy, "is_gradient_checkpointing", False)
@@ -52,7 +59,7 @@ def run_prefix(
     for start in range(0, t, segment_frames):
         stop = min(t, start + segment_frames)
         seg_ids = ids if stop == t else no_text
-        args = (policy, features[:, start:stop], seg_ids, state)
+        args = (policy, features[:, start:stop], seg_ids, state, before if start == 0 else None)
         if save_memory:
             hidden, state = checkpoint(_segment, *args, use_reentrant=False)
         else:

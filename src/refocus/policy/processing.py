@@ -1,8 +1,10 @@
-"""Inputs of the policy: the question prompt (Appendix B.6.2) and frame preprocessing.
+"""Inputs of the policy: the prompt (Appendix B.6.2) and frame preprocessing.
 
-The policy reads ``[frame tokens of frame 1..T, question tokens]``. The frames take the
-places of ``<image_1> ... <image_|v|>`` in the paper's policy prompt; the text after them is
-built here, so the trainer, the selector and the tests tokenise exactly the same string.
+The policy reads ``[prompt text before the frames, frame tokens of frame 1..T, prompt text
+after them]``. The prompt template (``FramePolicyConfig.prompt_template``, by default the
+paper's B.6.2 prompt) has a ``{frames}`` slot, the paper's ``<image_1> ... <image_|v|>``, and a
+``{question}`` slot for the question and its option lines. Both text parts are tokenised here
+by the policy's own tokenizer, so the trainer, the selectors and the tests read the same ids.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,18 +42,48 @@ BLIND_QUESTION = "Select the frames."
 """What a question-blind policy (``FramePolicyConfig.question_blind``) reads for every item."""
 
 
-def tokenize_question(tokenizer: Any, item: _HasQuestion | str, *, blind: bool = False) -> torch.Tensor:
-    """Token ids (L,) of one question (an item, or an already built text) for the policy.
+@dataclass(frozen=True)
+class PromptIds:
+    """Token ids of one question's prompt: ``before`` (L0,) the frames (may be empty), ``after`` (L,)."""
 
-    No special tokens are added: the question follows the frame tokens directly. ``blind``:
-    the ids of :data:`BLIND_QUESTION` whatever the item (pass the policy's
-    ``config.question_blind``).
+    before: torch.Tensor
+    after: torch.Tensor
+
+
+def split_prompt(template: str, question_text: str) -> tuple[str, str]:
+    """The prompt text before and after the frames, with the question put in.
+
+    >>> split_prompt("<s>{frames}-{question}</s>", "Q?")
+    ('<s>', '-Q?</s>')
     """
-    text = BLIND_QUESTION if blind else item if isinstance(item, str) else build_question_text(item)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) == 0:
-        raise ValueError(f"the question text {text!r} tokenises to no tokens")
-    return torch.tensor(ids, dtype=torch.long)
+    before, after = template.split("{frames}", 1)
+    return before, after.replace("{question}", question_text, 1)
+
+
+def tokenize_question(
+    tokenizer: Any, item: _HasQuestion | str, template: str | None = None, *, blind: bool = False
+) -> PromptIds:
+    """Prompt token ids of one question (an item, or an already built question text).
+
+    ``template``: the policy's ``config.prompt_template`` (None: the paper's B.6.2 prompt). Each
+    text part is tokenised without added special tokens: the template spells out its own
+    (``<|endoftext|>`` is the GPT-NeoX tokenizer's end-of-text token, which Mamba2 checkpoints
+    use). ``blind``: :data:`BLIND_QUESTION` in place of every item's question (pass the
+    policy's ``config.question_blind``). :func:`policy_prompt` passes both from a config.
+    """
+    from refocus.policy.configuration import PAPER_PROMPT
+
+    question = BLIND_QUESTION if blind else item if isinstance(item, str) else build_question_text(item)
+    before, after = split_prompt(PAPER_PROMPT if template is None else template, question)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in (before, after)]
+    if len(ids[1]) == 0:
+        raise ValueError(f"the prompt text after the frames {after!r} tokenises to no tokens")
+    return PromptIds(torch.tensor(ids[0], dtype=torch.long), torch.tensor(ids[1], dtype=torch.long))
+
+
+def policy_prompt(config: Any, tokenizer: Any, item: _HasQuestion | str) -> PromptIds:
+    """The prompt ids a policy with ``config`` reads for ``item`` (its template, blind or not)."""
+    return tokenize_question(tokenizer, item, config.prompt_template, blind=bool(config.question_blind))
 
 
 def preprocess_frames(
@@ -79,14 +112,34 @@ def preprocess_frames(
     return (x - mean_t) / std_t
 
 
-def pool_frame_tokens(tokens: torch.Tensor, tokens_per_frame: int | None) -> torch.Tensor:
+def pool_frame_tokens(
+    tokens: torch.Tensor, tokens_per_frame: int | None, stride: int | None = None,
+    mode: str = "average",
+) -> torch.Tensor:
     """Average-pool each frame's token sequence (T, P, Dv) to (T, tokens_per_frame, Dv).
 
     Square grids pooled to a square count are pooled in 2-D (neighbouring patches are
     averaged, keeping the layout); anything else is pooled along the sequence in 1-D.
-    ``None`` or a count >= P returns the tokens unchanged.
+    ``None`` or a count >= P returns the tokens unchanged. ``stride`` s instead pools s x s
+    patches with stride s over a square grid, as the authors' ``get_2dPool`` by ``mode``:
+    "average" (``avg_pool2d``, floor: 27 x 27 -> 13 x 13), "max" (``max_pool2d``) or
+    "bilinear" (resized to ceil(side / s): 27 x 27 -> 14 x 14).
     """
     num_frames, num_tokens, width = tokens.shape
+    if stride is not None and stride > 1:
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise ValueError(f"token_pool_stride needs a square token grid, got {num_tokens} tokens")
+        grid = tokens.transpose(1, 2).reshape(num_frames, width, side, side)
+        if mode == "average":
+            grid = F.avg_pool2d(grid, stride)
+        elif mode == "max":
+            grid = F.max_pool2d(grid, stride)
+        elif mode == "bilinear":
+            grid = F.interpolate(grid, size=[math.ceil(side / stride)] * 2, mode="bilinear")
+        else:
+            raise ValueError(f"token pooling mode must be 'average', 'max' or 'bilinear', got {mode!r}")
+        return grid.flatten(2).transpose(1, 2).contiguous()
     if tokens_per_frame is None or tokens_per_frame >= num_tokens:
         return tokens
     side, out_side = math.isqrt(num_tokens), math.isqrt(tokens_per_frame)

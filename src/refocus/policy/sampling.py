@@ -42,6 +42,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from refocus.errors import RefocusError
 from refocus.policy.prefix import run_prefix
+from refocus.policy.processing import PromptIds
 from refocus.policy.state import RecurrentState
 
 
@@ -54,14 +55,16 @@ class FramePolicy(Protocol):
 
     device: torch.device
     backbone: torch.nn.Module
-    start_embedding: torch.nn.Parameter
+    start_vector: torch.Tensor  # (D,) the <start_of_frame> input
     key_head: torch.nn.Module
     value_head: torch.nn.Module
     query_head: torch.nn.Module
     prefix_segment_frames: int | None
     """Frames per prefix segment (see :mod:`refocus.policy.prefix`); None: one pass."""
 
-    def embed_prefix(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor: ...
+    def embed_prefix(
+        self, features: torch.Tensor, question_ids: torch.Tensor, before_ids: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
     def run_backbone(
         self, inputs_embeds: torch.Tensor, state: RecurrentState | None = None
@@ -221,46 +224,58 @@ def prepare_inputs(
             f"all questions need the same (P, Dv), got {sorted({tuple(f.shape[1:]) for f in feats})}"
         )
 
+    ids = _prompt_ids(question_ids, batch, vocab_size)
+    return feats, ids, masks, num_frames
+
+
+def _prompt_ids(question_ids, batch: int, vocab_size: int) -> list[PromptIds]:
+    """Each question's ids as PromptIds; a bare (L,) sequence is the text after the frames."""
     if isinstance(question_ids, torch.Tensor):
         if question_ids.ndim != 2:
             raise ValueError(
                 f"question_ids must be (B, L) or a list of (L,), got {tuple(question_ids.shape)}"
             )
-        ids = list(question_ids.long())
-    else:
-        ids = [torch.as_tensor(q, dtype=torch.long) for q in question_ids]
+        question_ids = list(question_ids)
+    empty = torch.zeros(0, dtype=torch.long)
+    ids = [
+        PromptIds(torch.as_tensor(q.before, dtype=torch.long), torch.as_tensor(q.after, dtype=torch.long))
+        if isinstance(q, PromptIds) else PromptIds(empty, torch.as_tensor(q, dtype=torch.long))
+        for q in question_ids
+    ]
     if len(ids) != batch:
         raise ValueError(f"{len(ids)} questions' token ids for {batch} questions' frames")
-    for b, q in enumerate(ids):
-        if q.ndim != 1 or q.numel() == 0:
+    for b, prompt in enumerate(ids):
+        if prompt.after.ndim != 1 or prompt.after.numel() == 0 or prompt.before.ndim != 1:
             raise ValueError(f"question {b}: token ids must be a non-empty 1-D sequence")
-        if int(q.min()) < 0 or int(q.max()) >= vocab_size:
-            raise ValueError(
-                f"question {b}: token id {int(q.max())} outside the backbone vocabulary ({vocab_size}); "
-                "set backbone_config['vocab_size'] to the tokenizer's size"
-            )
-    return feats, ids, masks, num_frames
+        for q in (prompt.before, prompt.after):
+            if q.numel() and (int(q.min()) < 0 or int(q.max()) >= vocab_size):
+                raise ValueError(
+                    f"question {b}: token id {int(q.max())} outside the backbone vocabulary ({vocab_size}); "
+                    "the policy's tokenizer must be its backbone's"
+                )
+    return ids
 
 
 def encode_prefix(
     policy: FramePolicy,
     feats: list[torch.Tensor],
-    ids: list[torch.Tensor],
+    ids: list[PromptIds],
     masks: list[torch.Tensor],
     num_frames: int,
 ) -> PrefixEncoding:
-    """Run each question's prefix [frames, question] once; frame keys/values and the end state.
+    """Run each question's prefix [text before, frames, question] once; frame keys/values and
+    the end state.
 
-    Differentiable (replay calls it with gradients). Questions sharing (T_b, L_b) run as one
-    batch; see the module docstring on variable T. The prefix runs in segments of
+    Differentiable (replay calls it with gradients). Questions sharing (T_b, L0_b, L_b) run as
+    one batch; see the module docstring on variable T. The prefix runs in segments of
     ``policy.prefix_segment_frames`` frames (checkpointed under gradient checkpointing), see
     :mod:`refocus.policy.prefix`.
     """
     device = policy.device
     masks = [m.to(device) for m in masks]
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for b, (f, q) in enumerate(zip(feats, ids, strict=True)):
-        groups[(f.shape[0], q.shape[0])].append(b)
+        groups[(f.shape[0], q.before.shape[0], q.after.shape[0])].append(b)
     keys: list[torch.Tensor | None] = [None] * len(feats)
     values: list[torch.Tensor | None] = [None] * len(feats)
     states, members_in_order = [], []
@@ -268,8 +283,9 @@ def encode_prefix(
         frame_hidden, state = run_prefix(  # (n, t, D): each frame's last token (B.5)
             policy,
             torch.stack([feats[b] for b in members]),
-            torch.stack([ids[b] for b in members]),
+            torch.stack([ids[b].after for b in members]),
             getattr(policy, "prefix_segment_frames", None),
+            torch.stack([ids[b].before for b in members]),
         )
         group_keys, group_values = policy.key_head(frame_hidden), policy.value_head(frame_hidden)
         for j, b in enumerate(members):
@@ -350,7 +366,7 @@ def select(
         uniforms = uniforms.to(device)
 
     state = prefix.state.repeat_interleave(g)  # (B*G, ...): candidates share the prefix
-    start = policy.start_embedding
+    start = policy.start_vector
     width = start.shape[0]
     step_input = start.expand(b * g, 1, width)
     unavailable = (~prefix.frame_mask)[:, None, :].expand(b, g, t).clone()  # (B, G, T)
@@ -412,7 +428,7 @@ def select_recompute(
     g = num_candidates
     device = prefix.keys.device
     uniforms = None if mode == "greedy" else draw_uniforms((b, g, k), generator).to(device)
-    start = policy.start_embedding
+    start = policy.start_vector
     order = torch.empty((b, g, k), dtype=torch.long, device=device)
     logprobs = torch.empty((b, g, k), dtype=torch.float32, device=device)
     prob_sum = (
@@ -421,7 +437,7 @@ def select_recompute(
         else None
     )
     for q in range(b):
-        prompt = policy.embed_prefix(feats[q][None], ids[q][None])  # (1, S, D)
+        prompt = policy.embed_prefix(feats[q][None], ids[q].after[None], ids[q].before[None])  # (1, S, D)
         for j in range(g):
             inputs = torch.cat([prompt, start.view(1, 1, -1).to(prompt.dtype)], dim=1)
             unavailable = ~prefix.frame_mask[q : q + 1, None, :].clone()  # (1, 1, T)
@@ -483,7 +499,7 @@ def replay_logprobs(
     if not bool(available.gather(-1, order.unsqueeze(-1)).all()):
         raise ValueError("order selects a frame that the frame mask excludes")
 
-    start = policy.start_embedding
+    start = policy.start_vector
     width = start.shape[0]
     previous = order[:, :, :-1].reshape(b, g * (k - 1), 1).expand(-1, -1, width)
     fed_back = prefix.values.gather(1, previous).view(b, g, k - 1, width)  # V[o_1..o_{K-1}]

@@ -82,9 +82,8 @@ class PolicySelector:
         self.deterministic = mode == "greedy"
         self._features: OrderedDict[tuple, Any] = OrderedDict()
         self._capacity = max(1, int(feature_cache))
-        config = policy.config
-        size = getattr(config, "image_size", None)
-        self.image_size: int | None = int(size if size is not None else config.vision_config["image_size"])
+        # frames are decoded at the saved policy's size, the size training decoded them at
+        self.image_size: int | None = int(policy.config.image_size)
 
     @classmethod
     def from_dir(
@@ -165,10 +164,10 @@ class PolicySelector:
             dist = self.selection_distribution(video, item, budget)
             top = np.argsort(-dist, kind="stable")[:budget]  # ties: the earlier frame
             return sorted(int(i) for i in top)
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
 
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
+        ids = policy_prompt(self.policy.config, self.tokenizer, item)
         generator = None if self.mode == "greedy" else self._generator(item)
         out = self.policy.select(
             [feats], [ids], k=budget, num_candidates=1, mode=self.mode,
@@ -185,11 +184,11 @@ class PolicySelector:
         (seeded by seed and item id); each step's categorical over the available frames is
         averaged over steps, then over candidates. ``budget`` is capped at T.
         """
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
 
         num_frames = check_budget(video, budget)
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind)
+        ids = policy_prompt(self.policy.config, self.tokenizer, item)
         out = self.policy.select(
             [feats], [ids], k=min(budget, num_frames), num_candidates=num_samples or self.num_samples,
             mode="distribution", temperature=self.temperature, generator=self._generator(item),

@@ -89,14 +89,14 @@ class VoyagerSelector(PolicySelector):
 
     def select(self, video: VideoFrames, item: Any, budget: int) -> list[int]:
         """The ``budget`` frames of the highest-scoring combination, sorted (all frames if T <= budget)."""
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
         from refocus.voyager.model import best_combination
 
         num_frames = check_budget(video, budget)
         if num_frames <= budget:
             return list(range(num_frames))
         feats = self.prepare(video, item)
-        ids = tokenize_question(self.tokenizer, item)
+        ids = policy_prompt(self.policy.config, self.tokenizer, item)
         return best_combination(self.policy, feats, ids, budget, self.scoring)
 
     def selection_distribution(self, video: VideoFrames, item: Any, budget: int,

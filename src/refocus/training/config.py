@@ -7,22 +7,126 @@ Field names follow TRL's ``GRPOConfig`` where the idea is the same. Defaults are
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from refocus.errors import ConfigError
 
 T = TypeVar("T")
+IMPORTANCE_LEVELS = ("subset", "sequence", "token")
 
 
 @dataclass
-class GRPOConfig:
+class TrainerConfig:
+    """What every trainer of the policy reads (GRPO and Frame-Voyager): batching, the optimiser
+    and its schedule, how the policy is built, and the run's bookkeeping.
+
+    Defaults are the paper's (Appendix B.1). :class:`GRPOConfig` adds the GRPO fields and
+    ``refocus.voyager.config.VoyagerConfig`` the ranking fields.
+    """
+
+    per_device_train_batch_size: int = 24
+    """Questions per process per step (paper B.1: global batch 196 over 8 GPUs; 24 x 8 = 192)."""
+
+    # ---- optimisation (Appendix B.1) -----------------------------------------------------
+    learning_rate: float = 1e-5
+    """LR of pretrained parameters (backbone layers that were not re-initialised); paper B.1."""
+    learning_rate_reinit: float = 1e-4
+    """LR of re-initialised parameters (heads, projector, last backbone layers, <start_of_frame>); paper B.1."""
+    adam_beta1: float = 0.9
+    """AdamW beta1 (first-moment decay); paper B.1."""
+    adam_beta2: float = 0.99
+    """AdamW beta2 (second-moment decay); paper B.1 (0.99, not torch's 0.999)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay, applied to every trained parameter; paper B.1."""
+    warmup_ratio: float = 0.05
+    """Share of ``max_steps`` (0..1) spent in the linear LR warm-up; paper B.1."""
+    lr_scheduler_type: str = "linear"
+    """'linear' decay to 0 at ``max_steps`` after warm-up (paper), or 'constant'."""
+    max_grad_norm: float = 1.0
+    """Global L2 norm the gradients are clipped to before each optimiser step; paper B.1."""
+    bf16: bool = True
+    """bfloat16 autocast for the policy forward (paper B.1). Log-probs stay float32."""
+    gradient_checkpointing: bool = True
+    """Recompute backbone activations in the backward pass (less memory, ~30% more time)."""
+    max_steps: int = 1000
+    """Optimiser steps of the run (one batch of questions each); paper: 1,000."""
+
+    # ---- policy architecture (used when a new policy is built) ---------------------------
+    policy: dict[str, Any] = field(default_factory=dict)
+    """A new policy: ``FramePolicyConfig`` fields, and where its parts come from:
+    ``vision_model`` (a vision checkpoint dir), ``backbone_model`` (a Mamba2 checkpoint dir, HF or
+    mamba_ssm format), ``tokenizer`` (default: the backbone's), ``vision_from_reference`` (reuse
+    the reference model's tower). See ``refocus policy init``. Unknown keys are errors."""
+    init_policy: str | None = None
+    """Start from this saved policy as it is (``refocus train --policy DIR``: a ``refocus policy
+    init`` output or a trained policy; nothing is re-initialised) instead of building one."""
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    seed: int = 0
+    """Seed of the policy's initialisation, the question order and the sampler."""
+    logging_steps: int = 1
+    """Write metrics every this many steps (>= 1)."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every this many steps (>= 1); the last step always saves."""
+    save_total_limit: int = 2
+    """Checkpoints kept (oldest removed); the final policy is always written to DIR/policy."""
+
+    RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = ("logging_steps", "save_steps", "save_total_limit")
+    """Fields that may differ between a checkpoint and the run resuming it (they change what
+    is written, not what is learnt)."""
+
+    def __post_init__(self) -> None:
+        from refocus.policy.configuration import check_policy_keys
+
+        check_policy_keys(self.policy)
+        if self.per_device_train_batch_size < 1 or self.max_steps < 1:
+            raise ConfigError(
+                "per_device_train_batch_size and max_steps must be >= 1 "
+                f"(got {self.per_device_train_batch_size} and {self.max_steps})"
+            )
+        if self.lr_scheduler_type not in ("linear", "constant"):
+            raise ConfigError(f"lr_scheduler_type must be 'linear' or 'constant', got {self.lr_scheduler_type!r}")
+        if self.logging_steps < 1 or self.save_steps < 1:
+            raise ConfigError(
+                f"logging_steps and save_steps are intervals in steps and must be >= 1 (got "
+                f"{self.logging_steps} and {self.save_steps}); to save only at the end, set "
+                "save_steps to max_steps"
+            )
+        if self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"warmup_ratio is a share of max_steps in [0, 1], got {self.warmup_ratio}")
+        if self.learning_rate < 0 or self.learning_rate_reinit < 0 or self.weight_decay < 0:
+            raise ConfigError("learning_rate, learning_rate_reinit and weight_decay must be >= 0")
+        if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0):
+            raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
+        """Fields whose value in ``saved`` (a checkpoint's config) differs from this config's,
+        other than :attr:`RESUME_FREE_FIELDS`, as ``"name: saved -> now"`` lines."""
+        now = self.to_dict()
+        keys = sorted((set(now) | set(saved)) - set(self.RESUME_FREE_FIELDS))
+        return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+                for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+
+
+@dataclass
+class GRPOConfig(TrainerConfig):
+    """GRPO training of the policy (``refocus train``): the trainer fields plus the group
+    sampling, the curriculum, the objective of Eq. 2 and the data settings."""
+
     # ---- groups and sampling -------------------------------------------------------------
     num_generations: int = 16
     """N: candidate frame subsets sampled per question (paper §4: N = 16)."""
-    per_device_train_batch_size: int = 24
-    """Questions per process per step (paper B.1: global batch 196 over 8 GPUs; 24 x 8 = 192)."""
     temperature: float = 1.0
     """Sampling temperature s of Algorithm 2."""
     selection_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
@@ -49,23 +153,6 @@ class GRPOConfig:
     """'sequence': one length-normalised ratio per subset (the subset is one atomic action, §3.2);
     'token': one ratio per selection step."""
 
-    # ---- optimisation (Appendix B.1) -----------------------------------------------------
-    learning_rate: float = 1e-5
-    """LR of pretrained parameters (backbone layers that were not re-initialised)."""
-    learning_rate_reinit: float = 1e-4
-    """LR of re-initialised parameters (heads, projector, last backbone layers, <start_of_frame>)."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "linear"
-    """'linear' (paper) or 'constant' (after warm-up)."""
-    max_grad_norm: float = 1.0
-    bf16: bool = True
-    """bfloat16 autocast for the policy forward (paper B.1). Log-probs stay float32."""
-    gradient_checkpointing: bool = True
-    max_steps: int = 1000
-
     # ---- memory (none of these change the result beyond floating-point error) ------------
     micro_batch_size: int | None = None
     """Questions per sampling / replay micro-batch (gradients are accumulated, see
@@ -89,22 +176,16 @@ class GRPOConfig:
     reference_batch_size: int = 16
     """Subsets per reference-model forward (bounds reward memory)."""
 
-    # ---- policy architecture (used when a new policy is built) ---------------------------
-    policy: dict[str, Any] = field(default_factory=dict)
-    """Overrides of ``FramePolicyConfig`` fields for a freshly built policy."""
-    init_policy: str | None = None
-    """Start from this policy checkpoint instead of building one (its backbone counts as pretrained)."""
-
-    # ---- bookkeeping ---------------------------------------------------------------------
-    seed: int = 0
-    logging_steps: int = 1
-    save_steps: int = 50
-    save_total_limit: int = 2
-    """Checkpoints kept (oldest removed); the final policy is always written to DIR/policy."""
     max_consecutive_nonfinite: int = 5
     """Stop after this many steps in a row with a NaN/inf loss (each one is skipped)."""
 
+    RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = (
+        *TrainerConfig.RESUME_FREE_FIELDS, "reference_batch_size", "max_consecutive_nonfinite",
+        "micro_batch_size", "prefix_segment_frames", "feature_cache_gb", "frame_cache_gb", "frame_disk_cache",
+    )
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: advantages are relative within a group")
         if len(self.selection_sizes) != len(self.curriculum_starts) or not self.selection_sizes:
@@ -116,26 +197,54 @@ class GRPOConfig:
             raise ConfigError("curriculum_starts must start at 0 and increase, e.g. [0, 250, 500, 750]")
         if any(k < 1 for k in self.selection_sizes):
             raise ConfigError("selection_sizes must be positive")
+        late = [(i, t) for i, t in enumerate(self.curriculum_starts) if i > 0 and t >= self.max_steps]
+        if late:
+            i, t = late[0]
+            keep = [s for s, start in zip(self.selection_sizes, self.curriculum_starts, strict=True) if start < self.max_steps]
+            raise ConfigError(
+                f"curriculum stage {i + 1} (T' = {self.selection_sizes[i]}) starts at step {t}, at or past "
+                f"max_steps = {self.max_steps}, so it would never run: raise max_steps, or drop the stage "
+                f"(selection_sizes: {keep}, curriculum_starts: {self.curriculum_starts[: len(keep)]})"
+            )
+        if max(self.selection_sizes) > self.max_frames:
+            raise ConfigError(
+                f"selection size {max(self.selection_sizes)} is above max_frames = {self.max_frames}: no "
+                "video decodes that many frames; lower selection_sizes or raise max_frames"
+            )
+        if self.beta != 0.0:
+            raise ConfigError(
+                f"beta = {self.beta} needs a frozen reference policy for the KL term, and the trainer "
+                "has none (the paper trains without one, §3.2: no SFT policy exists); set beta: 0"
+            )
+        if self.fps <= 0 or self.max_frames < 1 or self.reference_batch_size < 1:
+            raise ConfigError("fps, max_frames and reference_batch_size must be positive")
+        if self.max_consecutive_nonfinite < 1:
+            raise ConfigError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError("scale_rewards must be 'group', 'batch' or 'none'")
-        if self.importance_sampling_level not in ("sequence", "token"):
-            raise ConfigError("importance_sampling_level must be 'sequence' or 'token'")
+        if self.importance_sampling_level not in IMPORTANCE_LEVELS:
+            raise ConfigError(f"importance_sampling_level must be one of {', '.join(IMPORTANCE_LEVELS)}")
         if self.epsilon_high is not None and self.epsilon is None:
             raise ConfigError("epsilon_high needs epsilon (set epsilon, or leave both unset for Eq. 2)")
         if self.epsilon_high is None and self.epsilon is not None:
             self.epsilon_high = self.epsilon
         if self.num_iterations < 1:
             raise ConfigError("num_iterations must be >= 1")
-        if self.lr_scheduler_type not in ("linear", "constant"):
-            raise ConfigError("lr_scheduler_type must be 'linear' or 'constant'")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError("micro_batch_size must be >= 1 or null")
         if self.prefix_segment_frames is not None and self.prefix_segment_frames < 1:
             raise ConfigError("prefix_segment_frames must be >= 1 or null")
         if self.feature_cache_gb < 0 or self.frame_cache_gb < 0:
             raise ConfigError("feature_cache_gb and frame_cache_gb must be >= 0")
-        if self.per_device_train_batch_size < 1 or self.max_steps < 1:
-            raise ConfigError("per_device_train_batch_size and max_steps must be >= 1")
+
+    def shortened(self, max_steps: int) -> GRPOConfig:
+        """The same run cut to ``max_steps`` (a smoke run): curriculum stages that would start
+        at or after it are dropped, since the config rejects stages that never run."""
+        keep = [i for i, start in enumerate(self.curriculum_starts) if i == 0 or start < max_steps]
+        return dataclasses.replace(
+            self, max_steps=max_steps, selection_sizes=[self.selection_sizes[i] for i in keep],
+            curriculum_starts=[self.curriculum_starts[i] for i in keep],
+        )
 
     def selection_size_at(self, step: int) -> int:
         """T' of the curriculum stage that contains ``step``."""
@@ -145,39 +254,66 @@ class GRPOConfig:
                 k = size
         return k
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> GRPOConfig:
     """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
     return load_dataclass_config(GRPOConfig, path, **overrides)
 
 
-def load_dataclass_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
-    """Build the config dataclass ``cls`` from its defaults, a YAML file of overrides, then
-    keyword overrides (None values ignored); unknown fields are an error naming the file."""
+def resolve_config(config: Any, load: Callable[..., T], cls: type[T], **overrides: Any) -> T:
+    """The run's config from a config object, a YAML path or None (``load(path, **overrides)``);
+    ``overrides`` (None values ignored) apply to a config object too, re-validated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(config, cls):
+        return dataclasses.replace(config, **given) if given else config
+    return load(config, **given)
+
+
+def load_dataclass_config(
+    cls: type[T], path: str | Path | None = None, *, base: str | Path | None = None, **overrides: Any
+) -> T:
+    """Build the config dataclass ``cls`` from its defaults, the YAML file ``base`` (a shipped
+    setting), the YAML file ``path``, then keyword overrides (None values ignored); unknown
+    fields are an error naming the file."""
+    values: dict[str, Any] = {}
+    for source in (base, path):
+        if source is not None:
+            values.update(_read_yaml_fields(cls, Path(source)))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    _check_known(cls, values, None)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a bad value: name the file it came from
+        named = path if path is not None else base
+        if named is None or str(exc).startswith(str(named)):
+            raise
+        raise ConfigError(f"{named}: {exc}") from None
+
+
+def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
     import yaml
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config fields")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields")
+    _check_known(cls, loaded, path)
+    return loaded
+
+
+def _check_known(cls: type, values: dict[str, Any], path: Path | None) -> None:
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
+        import difflib
+
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}")
-    return cls(**values)
+        close = difflib.get_close_matches(unknown[0], sorted(f.name for f in fields(cls)), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}unknown config field(s): {', '.join(unknown)}{hint}")
 
 
 def packaged_config(name: str) -> Path:

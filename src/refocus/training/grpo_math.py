@@ -243,6 +243,18 @@ def kl_k3(logp_new: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(delta) - delta - 1.0
 
 
+def approx_kl(logp_new: Tensor, logp_old: Tensor) -> float:
+    """How far an update moved the policy from the sampling one: the k3 estimate of
+    KL(pi_old || pi_theta), ``mean((r - 1) - log r)`` with ``r = exp(logp_new - logp_old)``
+    per selection step (Schulman's estimator, as PPO implementations log it). Non-negative,
+    0 when the policies agree on every sampled step. Shapes ``(B, G, K)``; a diagnostic only
+    (no gradient)."""
+    _check_logps(logp_new, logp_old, None)
+    with torch.no_grad():
+        log_r = (logp_new - logp_old).double()
+        return float((torch.expm1(log_r) - log_r).mean())
+
+
 def grpo_loss(
     logp_new: Tensor,
     logp_old: Tensor,

@@ -8,7 +8,7 @@ import yaml
 
 from refocus.errors import RefocusError
 from refocus.io import write_json
-from refocus.training.config import GRPOConfig, load_config
+from refocus.training.config import GRPOConfig, load_config, resolve_config
 from refocus.training.trainer import GRPOTrainer, TrainResult
 
 
@@ -34,7 +34,7 @@ def train_policy(
     from refocus.distributed import placement
     from refocus.reference import load_reference
 
-    cfg = config if isinstance(config, GRPOConfig) else load_config(config, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(config, load_config, GRPOConfig, max_steps=max_steps, seed=seed)
     out_dir = Path(out_dir)
     errors: list = []
     items = load_questions(data, errors=errors)

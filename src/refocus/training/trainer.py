@@ -1,40 +1,35 @@
 """GRPO training of the frame-selection policy (paper Algorithm 1, Eq. 2).
 
-The loop, per step:
+The step, per batch (:meth:`GRPOTrainer.train_step`):
   1. take this process's shard of a batch of questions;
-  2. sample N frame subsets per question with the current (= old) policy;
-  3. reward each subset with the frozen reference model (margin reward, frame reuse);
+  2. sample N frame subsets per question with the current (= old) policy (:meth:`~GRPOTrainer.sample`);
+  3. reward each subset with the frozen reference model (margin reward, frame reuse; :meth:`~GRPOTrainer.rewards`);
   4. group-normalised advantages; groups with zero spread contribute nothing and are counted;
-  5. K passes of the importance-weighted objective (optionally clipped) plus the entropy bonus;
-  6. metrics, checkpoint.
+  5. K passes of the importance-weighted objective (optionally clipped) plus the entropy bonus
+     (:meth:`~GRPOTrainer.update`);
+  6. metrics. The loop, sharding, checkpoints and export are the shared
+     :class:`refocus.training.core.PolicyTrainer`.
 Runs data-parallel under ``accelerate launch`` (DDP, or DeepSpeed ZeRO-1 on GPUs).
 """
 
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
 from refocus.training import replay as replay_lib
-from refocus.training.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from refocus.training.config import GRPOConfig
-from refocus.training.metrics import MetricsWriter
+from refocus.training.core import PolicyTrainer
 from refocus.video.stores import FeatureStore, FrameStore
 
 
@@ -56,66 +51,19 @@ class TrainResult:
     """Largest difference between processes of per-tensor weight checksums (0: identical replicas)."""
 
 
-def build_policy(cfg: GRPOConfig, reference):
-    """A new policy whose frozen encoder is the reference model's vision tower (small setting),
-    or the policy at ``cfg.init_policy``. Returns (policy, tokenizer)."""
-    from transformers import AutoTokenizer
+@dataclass
+class _Batch:
+    """The questions of one step that could be prepared, with their inputs."""
 
-    from refocus.policy import FramePolicy, FramePolicyConfig
-
-    if cfg.init_policy:
-        policy = FramePolicy.from_pretrained(cfg.init_policy)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init_policy)
-        policy.reinitialise_last_layers()  # Appendix B.2: fresh last blocks over a pretrained backbone
-        return policy, tokenizer
-    tokenizer = reference.processor.tokenizer
-    overrides = dict(cfg.policy)
-    backbone = {**overrides.pop("backbone_config", {}), "vocab_size": len(tokenizer)}
-    tower = _vision_tower(reference.model)
-    policy = FramePolicy(FramePolicyConfig(
-        vision_config=tower.config.to_dict(), backbone_config=backbone, **overrides,
-    ))
-    policy.load_vision_tower(tower)
-    return policy, tokenizer
+    items: list[QAItem]
+    features: list[torch.Tensor]  # B x (T_b, P, Dv)
+    question_ids: list[torch.Tensor]  # B x (L_b,)
+    reference_frames: list[Any]  # B x DecodedFrames at the reference model's size
 
 
-def make_optimizer(policy, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the policy's two parameter groups (pretrained / re-initialised learning
-    rates, Appendix B.1) and a linear warm-up then linear (or constant) schedule.
+class GRPOTrainer(PolicyTrainer):
+    desc = "grpo"
 
-    ``cfg`` is any config with the GRPOConfig optimiser fields (the Frame-Voyager one has them too).
-    """
-    groups = policy.parameter_groups()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": list(groups["pretrained"].values()), "lr": cfg.learning_rate},
-            {"params": list(groups["reinitialised"].values()), "lr": cfg.learning_rate_reinit},
-        ],
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.weight_decay,
-    )
-    warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.lr_scheduler_type == "constant":
-            return 1.0
-        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def _vision_tower(model):
-    """The vision tower of an HF vision-language model (LLaVA-style ``model.vision_tower``)."""
-    for owner in (model, getattr(model, "model", None)):
-        tower = getattr(owner, "vision_tower", None) or getattr(owner, "vision_model", None)
-        if tower is not None:
-            return tower
-    raise RefocusError(f"cannot find a vision tower in {type(model).__name__}; set init_policy instead")
-
-
-class GRPOTrainer:
     def __init__(
         self,
         cfg: GRPOConfig,
@@ -125,94 +73,41 @@ class GRPOTrainer:
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        from accelerate import Accelerator
-
-        from refocus.seeding import seed_everything
-
-        self.cfg = cfg
-        self.items = items
-        self.reference = reference
-        self.out_dir = Path(out_dir)
-        self.progress = progress
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
-        self.policy, self.tokenizer = build_policy(cfg, reference)
-        if cfg.gradient_checkpointing:
-            self.policy.activation_checkpointing_enable()
-        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
-        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
-        self.sampler_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
-        self.frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
-                                 disk_cache=cfg.frame_disk_cache)
-        self.features = FeatureStore(self.policy, self.frames, capacity=None, max_gb=cfg.feature_cache_gb,
-                                     device="cpu", dtype=torch.bfloat16 if cfg.bf16 else None)
-        self.policy.prefix_segment_frames = cfg.prefix_segment_frames
-        self.metrics = MetricsWriter(self.out_dir, enabled=self.accelerator.is_main_process)
-        self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.reference_calls = 0
-        self.skipped: dict[str, str] = {}
-        if resume:
-            self._resume()
+        frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
+                            disk_cache=cfg.frame_disk_cache)
+        super().__init__(cfg, items, reference, out_dir, frames=frames, resume=resume, progress=progress)
+        self.policy.prefix_segment_frames = cfg.prefix_segment_frames
 
-    # ------------------------------------------------------------------ data
-    def _batch_items(self, step: int) -> list[QAItem]:
-        """This rank's questions for ``step``: a fresh permutation per epoch from (seed, epoch)."""
-        per_step = self.cfg.per_device_train_batch_size * self.world
-        start = step * per_step
-        picked = []
-        for pos in range(start + self.rank * self.cfg.per_device_train_batch_size,
-                         start + (self.rank + 1) * self.cfg.per_device_train_batch_size):
-            epoch, offset = divmod(pos, len(self.items))
-            perm = np.random.default_rng((self.cfg.seed, epoch)).permutation(len(self.items))
-            picked.append(self.items[int(perm[offset])])
-        return picked
-
-    def _prepare(self, item: QAItem):
-        """(features (T, P, Dv), question ids (L,), frames for the reference, timestamps) or None."""
-        from refocus.policy import tokenize_question
-
-        if item.id in self.skipped:
-            return None
-        try:
-            feats = self.features.get(item)
-            ref_frames = self.frames.get(item, self.reference.image_size)
-        except RefocusError as exc:
-            self.skipped[item.id] = str(exc)
-            return None
-        return feats, tokenize_question(self.tokenizer, item, blind=self.policy.config.question_blind), ref_frames
-
-    # ------------------------------------------------------------------ loop
-    def train(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
+    def feature_store(self, frames: FrameStore) -> FeatureStore:
         cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo",
-                   disable=not (self.progress and self.accelerator.is_main_process))
-        last: dict = {}
-        while self.step < cfg.max_steps:
-            last = self.train_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}",
-                            acc=f"{last.get('reward/accuracy', float('nan')):.2f}",
-                            k=last.get("select/k"))
-            if self.step % cfg.logging_steps == 0:
-                self.metrics.log(self.step, last)
-            if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps:
-                self._save()
-        bar.close()
+        return FeatureStore(self.policy, frames, capacity=None, max_gb=cfg.feature_cache_gb,
+                            device="cpu", dtype=torch.bfloat16 if cfg.bf16 else None)
+
+    @property
+    def sampler_rng(self) -> torch.Generator:
+        return self.generator
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                "reference_calls": self.reference_calls}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.nonfinite_total = state["nonfinite_total"]
+        self.nonfinite_run = state["nonfinite_run"]
+        self.reference_calls = state["reference_calls"]
+
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
+                "acc": f"{metrics.get('reward/accuracy', float('nan')):.2f}", "k": metrics.get("select/k")}
+
+    # ------------------------------------------------------------------ run
+    def train(self) -> TrainResult:
+        last = self.fit()
         replica_diff, calls, skipped = self._gather_run_state()
-        policy_dir = self.out_dir / "policy"
-        if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(policy_dir)
-            self.tokenizer.save_pretrained(policy_dir)
-            (policy_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.accelerator.wait_for_everyone()
-        self.metrics.close()
+        policy_dir = self.export()
         return TrainResult(
             steps=self.step,
             policy_dir=policy_dir,
@@ -230,7 +125,7 @@ class GRPOTrainer:
             return 0.0, self.reference_calls, dict(self.skipped)
         from accelerate.utils import gather_object
 
-        params = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters()]
+        params = [p.detach() for p in self.unwrapped.parameters()]
         device = params[0].device
         sums = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in params])
         gathered = self.accelerator.gather(sums.reshape(1, -1).to(device))  # (world, 2 * n_params)
@@ -241,51 +136,73 @@ class GRPOTrainer:
             skipped.update(part)
         return diff, calls, skipped
 
-    def train_step(self) -> dict:
-        cfg = self.cfg
-        policy = self.accelerator.unwrap_model(self.model)
-        k = cfg.selection_size_at(self.step)
-        G = cfg.num_generations
-        t0 = time.perf_counter()
+    # ------------------------------------------------------------------ one step
+    def _batch(self) -> _Batch:
+        from refocus.policy import policy_prompt
 
-        # 1-2. sample N subsets per question with the old policy (no grad)
-        batch = []
-        for item in self._batch_items(self.step):
-            prepared = self._prepare(item)
-            if prepared is not None:
-                batch.append((item, *prepared))
-        if not batch:
-            return {"select/k": k, "train/skipped_items": len(self.skipped)}
-        feats = [f for _, f, _, _ in batch]  # B x (T_b, P, Dv)
-        qids = [q for _, _, q, _ in batch]  # B x (L_b,)
-        k = min(k, min(f.shape[0] for f in feats))
+        batch = _Batch([], [], [], [])
+        for q in self.batch_indices(self.step):
+            item = self.items[q]
+            feats = self.item_features(item)
+            if feats is None:
+                continue
+            try:
+                ref_frames = self.frames.get(item, self.reference.image_size)
+            except RefocusError as exc:
+                self.skipped[item.id] = str(exc)
+                continue
+            batch.items.append(item)
+            batch.features.append(feats)
+            batch.question_ids.append(policy_prompt(self.policy.config, self.tokenizer, item))
+            batch.reference_frames.append(ref_frames)
+        return batch
+
+    def effective_k(self, batch: _Batch) -> int:
+        """T' of this step: the curriculum's, lowered to the shortest video of the batch (every
+        candidate of a batch selects the same number of frames); a lowered T' is warned about
+        and logged as ``select/k_effective``."""
+        k = self.cfg.selection_size_at(self.step)
+        shortest = min(f.shape[0] for f in batch.features)
+        if shortest < k:
+            warnings.warn(
+                f"step {self.step + 1}: the shortest video of the batch has {shortest} frames, fewer "
+                f"than T' = {k}; this step selects {shortest} frames per candidate "
+                "(select/k_effective in the metrics)", stacklevel=2,
+            )
+        return min(k, shortest)
+
+    def sample(self, batch: _Batch, k: int):
+        """Steps 1-2: G candidate subsets of k frames per question from the old policy (no grad)."""
+        policy = self.unwrapped
         policy.eval()
-        with torch.no_grad(), self._autocast():
-            out = replay_lib.sample_candidates(policy, feats, qids, k, G, cfg.micro_batch_size,
-                                               cfg.temperature, self.sampler_rng)
-        t1 = time.perf_counter()
+        with torch.no_grad(), self.autocast():
+            return replay_lib.sample_candidates(policy, batch.features, batch.question_ids, k,
+                                                self.cfg.num_generations, self.cfg.micro_batch_size,
+                                                self.cfg.temperature, self.generator)
 
-        # 3. rewards from the frozen reference model (frame reuse inside the adapter)
+    def rewards(self, batch: _Batch, out) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """Step 3: margin rewards (B, G), correctness (B, G) and the mean temporal entropy per question."""
         rewards, correct, temporal = [], [], []
-        for b, (item, _, _, ref) in enumerate(batch):
+        for b, (item, ref) in enumerate(zip(batch.items, batch.reference_frames, strict=True)):
             subsets = out.indices[b].tolist()  # (G, K) sorted
             logits = self.reference.option_logits(item, ref.frames, subsets)  # (G, O)
             self.reference_calls += len(subsets)
             rewards.append(torch.from_numpy(margin_rewards(logits, item.answer_index)))
             correct.append(torch.from_numpy(logits.argmax(-1) == item.answer_index))
             temporal.append(grpo_math.mean_temporal_entropy(ref.timestamps, subsets))
-        R = torch.stack(rewards).float()  # (B, G)
-        adv, zero_std = grpo_math.group_advantages(R, cfg.scale_rewards, cfg.advantage_epsilon)
-        t2 = time.perf_counter()
+        return torch.stack(rewards).float(), torch.stack(correct), temporal
 
-        # 4-5. K update passes of Eq. 2 with the entropy bonus
-        policy.train()
+    def update(self, batch: _Batch, out, advantages: torch.Tensor) -> dict[str, float]:
+        """Steps 4-5: ``num_iterations`` passes of Eq. 2 with the entropy bonus over the sampled
+        orders; returns the last pass's statistics (``grpo_loss``'s, ``approx_kl``, ``grad_norm``)."""
+        cfg = self.cfg
+        self.unwrapped.train()
         old_logp = out.logprobs.float()  # (B, G, K)
-        stats: dict = {}
+        stats: dict[str, float] = {}
 
         def loss_fn(logp, ent, part):  # the GRPO loss of one micro-batch of questions
             return grpo_math.grpo_loss(
-                logp, old_logp[part].to(logp.device), adv[part].to(logp.device), ent,
+                logp, old_logp[part].to(logp.device), advantages[part].to(logp.device), ent,
                 level=cfg.importance_sampling_level, epsilon=cfg.epsilon,
                 epsilon_high=cfg.epsilon_high, entropy_coef=cfg.entropy_coef, beta=cfg.beta,
             )
@@ -293,30 +210,51 @@ class GRPOTrainer:
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             replayed = replay_lib.accumulate_replay(
-                self.accelerator, self.model, feats, qids, out.order, loss_fn,
-                cfg.micro_batch_size, cfg.temperature, self._autocast,
+                self.accelerator, self.model, batch.features, batch.question_ids, out.order, loss_fn,
+                cfg.micro_batch_size, cfg.temperature, self.autocast,
             )
-            loss, stats, ent = torch.tensor(replayed.loss), dict(replayed.stats), replayed.entropies
-            if not self._finite(loss):
+            stats = dict(replayed.stats)
+            stats["loss"] = replayed.loss
+            stats["select_entropy"] = float(replayed.entropies.mean())
+            if replayed.finite:
+                stats["approx_kl"] = grpo_math.approx_kl(replayed.logprobs, old_logp.to(replayed.logprobs.device))
+            if not self._finite(torch.tensor(replayed.loss)):
                 break
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            stats["train/grad_norm"] = float(grad_norm)
+            stats["grad_norm"] = float(grad_norm)
         self.scheduler.step()
-        t3 = time.perf_counter()
+        return stats
 
-        metrics = {"select/k": k, "train/skipped_items": len(self.skipped)}
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = self._batch()
+        if not batch.items:
+            return {"select/k": cfg.selection_size_at(self.step), "train/skipped_items": len(self.skipped)}
+        k = self.effective_k(batch)
+        out = self.sample(batch, k)
+        t1 = time.perf_counter()
+        R, correct, temporal = self.rewards(batch, out)
+        adv, zero_std = grpo_math.group_advantages(R, cfg.scale_rewards, cfg.advantage_epsilon)
+        t2 = time.perf_counter()
+        stats = self.update(batch, out, adv)
+        t3 = time.perf_counter()
+        metrics = {"select/k": k, "select/k_effective": k, "train/skipped_items": len(self.skipped)}
+        metrics |= {f"loss/{name}": value for name, value in stats.items()
+                    if name not in ("grad_norm", "select_entropy")}
         metrics |= {
-            "train/loss": float(loss.detach()),
+            "train/loss": stats.get("loss", float("nan")),
             "train/clip_ratio": float(stats.get("clip_ratio", 0.0)),
-            "train/grad_norm": stats.get("train/grad_norm", float("nan")),
+            "train/grad_norm": stats.get("grad_norm", float("nan")),
             "train/lr": self.scheduler.get_last_lr()[-1],
             "train/nonfinite_steps": self.nonfinite_total,
             "reward/mean": float(R.mean()),
-            "reward/std": float(R.std(dim=1, unbiased=False).mean()),
+            # The spread the advantages divide by: Bessel-corrected std within each group, averaged.
+            "reward/std": float(R.std(dim=1, unbiased=True).mean()),
             "reward/frac_zero_std": float(zero_std.float().mean()),
-            "reward/accuracy": float(torch.stack(correct).float().mean()),
-            "select/entropy": float(ent.detach().mean()),
+            "reward/accuracy": float(correct.float().mean()),
+            "select/entropy": stats.get("select_entropy", float("nan")),
             "select/temporal_entropy": float(np.nanmean(temporal)) if temporal else float("nan"),
             "time/sample": t1 - t0,
             "time/reward": t2 - t1,
@@ -325,10 +263,6 @@ class GRPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------ helpers
-    def _autocast(self):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
-
     def _finite(self, loss: torch.Tensor) -> bool:
         if torch.isfinite(loss).all():
             self.nonfinite_run = 0
@@ -343,40 +277,3 @@ class GRPOTrainer:
                 "the last good checkpoint is in " + str(self.out_dir / "checkpoints")
             )
         return False
-
-    def _save(self) -> None:
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.sampler_rng),
-            "nonfinite_total": self.nonfinite_total,
-            "nonfinite_run": self.nonfinite_run,
-            "reference_calls": self.reference_calls,
-            "skipped": self.skipped,
-        }
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.out_dir, self.step, self.accelerator.unwrap_model(self.model), self.tokenizer,
-                state, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), keep=self.cfg.save_total_limit,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out_dir)
-        if ckpt is None:
-            raise RefocusError(f"{self.out_dir}: --resume given but no checkpoint found")
-        from safetensors.torch import load_file
-
-        weights = load_file(ckpt / "model.safetensors")
-        self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=False)
-        state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.sampler_rng)
-        self.step = state["step"]
-        self.nonfinite_total = state["nonfinite_total"]
-        self.nonfinite_run = state["nonfinite_run"]
-        self.reference_calls = state["reference_calls"]
-        self.skipped = dict(state["skipped"])
-        self.metrics.truncate_after(self.step)

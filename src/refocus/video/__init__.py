@@ -60,7 +60,8 @@ def _backend(name: str) -> Callable[..., DecodedVideo]:
 
 
 def load_video(path: str | os.PathLike, fps: float = 4.0, max_frames: int = 512,
-               size: int = 224, backend: str = "pyav", cache: bool = True) -> DecodedVideo:
+               size: int = 224, backend: str = "pyav", cache: bool = True,
+               autorotate: bool = True) -> DecodedVideo:
     """Decode ``path`` into at most ``max_frames`` frames sampled at ``fps`` by presentation time.
 
     Sampling (every backend): targets ``t_j = start + j / fps`` while ``j / fps < duration``
@@ -71,14 +72,22 @@ def load_video(path: str | os.PathLike, fps: float = 4.0, max_frames: int = 512,
     variable-frame-rate file or a timeline gap never yields invented or repeated frames, and a
     video with fewer frames than targets returns all its frames.
 
-    Frames are ``(T, size, size, 3)`` uint8 RGB, read-only. With ``cache=True`` the result is
-    stored under ``$REFOCUS_CACHE_DIR/frames`` keyed by file content and all arguments, and read
-    back as a memory map next time (``from_cache=True``).
+    Frames are ``(T, size, size, 3)`` uint8 RGB, read-only, shown as a viewer shows them:
+    with ``autorotate`` (the default, like ffmpeg's ``-autorotate``) the stream's display
+    matrix is applied (a portrait phone video comes out upright, ``width``/``height`` are the
+    display size, ``rotation`` says by how much); ``autorotate=False`` keeps the stored
+    orientation. Frame times are the presentation times the container carries, also for AVI
+    with B-frames and raw H.264/HEVC streams (see ``pyav_backend.FrameClock``); ``duration``
+    is the video stream's own, whatever the container says.
+
+    With ``cache=True`` the result is stored under ``$REFOCUS_CACHE_DIR/frames`` keyed by file
+    content and all arguments, and read back as a memory map next time (``from_cache=True``).
 
     Raises :class:`refocus.errors.VideoError` naming the file for missing, empty, unreadable,
-    audio-only or undecodable files (a file that decodes partway returns the frames before the
-    damage, with a logged warning), and :class:`refocus.errors.ConfigError` for bad arguments
-    or a backend that is not installed.
+    audio-only or undecodable files. Damaged packets are skipped as ffmpeg skips them
+    (``skipped_packets`` counts them, with a logged warning) and a file cut short returns every
+    frame decodable before the cut. :class:`refocus.errors.ConfigError` for bad arguments or a
+    backend that is not installed.
     """
     if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
         raise ConfigError(f"fps must be a positive number, got {fps!r}")
@@ -96,12 +105,12 @@ def load_video(path: str | os.PathLike, fps: float = 4.0, max_frames: int = 512,
     if cache:
         from refocus.video.cache import cache_key, load_cached
 
-        key = cache_key(path, fps, int(max_frames), int(size), backend)
+        key = cache_key(path, fps, int(max_frames), int(size), backend, bool(autorotate))
         hit = load_cached(key, path)
         if hit is not None:
             return hit
     decode = _backend(backend)  # imported only on a miss: a cache hit needs no decoder
-    video = decode(path, float(fps), int(max_frames), int(size))
+    video = decode(path, float(fps), int(max_frames), int(size), autorotate=bool(autorotate))
     video.frames.flags.writeable = False
     if key is not None:
         from refocus.video.cache import store_cached

@@ -29,7 +29,7 @@ from refocus.video.types import DecodedVideo
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the decoding or sampling rule changes, so old entries stop matching."""
 
 _EDGE = 1 << 20  # bytes hashed at each end of the file
@@ -63,7 +63,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 def cache_key(path: str | os.PathLike, fps: float, max_frames: int, size: int,
-              backend: str) -> str:
+              backend: str, autorotate: bool = True) -> str:
     """Key of one decoding: file content + every argument that changes the frames."""
     parts = {
         "file": file_fingerprint(path),
@@ -71,6 +71,7 @@ def cache_key(path: str | os.PathLike, fps: float, max_frames: int, size: int,
         "max_frames": int(max_frames),
         "size": int(size),
         "backend": backend,
+        "autorotate": bool(autorotate),
         "version": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -100,6 +101,8 @@ def load_cached(key: str, path: str | os.PathLike) -> DecodedVideo | None:
             height=int(meta["height"]),
             backend=str(meta["backend"]),
             from_cache=True,
+            rotation=int(meta["rotation"]),
+            skipped_packets=int(meta["skipped_packets"]),
         )
     except FileNotFoundError:
         return None
@@ -121,6 +124,8 @@ def store_cached(key: str, video: DecodedVideo) -> None:
         "width": video.width,
         "height": video.height,
         "backend": video.backend,
+        "rotation": video.rotation,
+        "skipped_packets": video.skipped_packets,
     }
     tag = f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:

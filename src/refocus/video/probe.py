@@ -21,18 +21,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Metadata of a video stream, from the container (no frame decoded)."""
+    """Metadata of a video stream, from the container and its packets (no frame decoded)."""
 
     width: int
-    """Source width in pixels."""
+    """Stored width in pixels (before any display rotation)."""
     height: int
-    """Source height in pixels."""
+    """Stored height in pixels."""
     duration: float
-    """Seconds: stream duration, else container duration, else last pts + frame duration."""
+    """Seconds of video: the stream's own duration, else its last packet's end minus its
+    start (see :func:`stream_duration`); 0.0 when nothing tells."""
     frame_duration: float
-    """Seconds per frame from the nominal rate (only used to estimate durations)."""
+    """Seconds per frame from the nominal rate (0.0 when the stream has none)."""
     time_base: Fraction | None
     """Seconds per pts tick of the video stream."""
+    start: float | None = None
+    """Presentation time of the stream's first frame, seconds (negative or late starts are
+    kept); None when the packets carry no timestamps."""
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -90,25 +94,38 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
 
 def stream_info(path: str | os.PathLike, container: av.container.InputContainer,
                 stream: av.video.stream.VideoStream) -> VideoInfo:
-    """Metadata of an opened stream; estimates the duration by demuxing when none is stored."""
+    """Metadata of an opened stream; scans packet timestamps when no duration is stored."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     frame_duration = float(1 / rate) if rate else 0.0
-    duration = 0.0
-    if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration:
-        import av
-
-        duration = container.duration / av.time_base
-    if duration <= 0:
-        duration = _demux_duration(path, frame_duration)
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb else None
+    if stream.duration and tb:
+        duration = float(stream.duration * tb)  # the video track's own (MP4, MOV, AVI)
+    else:
+        start, duration = stream_duration(path, stream.index, start, frame_duration)
     return VideoInfo(
         width=int(stream.codec_context.width),
         height=int(stream.codec_context.height),
         duration=duration,
         frame_duration=frame_duration,
-        time_base=Fraction(stream.time_base) if stream.time_base else None,
+        time_base=Fraction(tb) if tb else None,
+        start=start,
     )
+
+
+def probe_orientation(path: str | os.PathLike):
+    """The display orientation of ``path``'s video (its first decoded frame's display matrix),
+    for backends that do not expose it; :data:`~refocus.video.orientation.IDENTITY` if none."""
+    from refocus.video.orientation import IDENTITY, frame_orientation
+
+    container, stream = open_video(path)
+    with container:
+        try:
+            for frame in container.decode(stream):
+                return frame_orientation(frame)
+        except av_errors():
+            pass
+    return IDENTITY
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -118,24 +135,57 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         return stream_info(path, container, stream)
 
 
-def _demux_duration(path: str | os.PathLike, frame_duration: float) -> float:
-    """Duration from packet timestamps (no decoding): last pts + its duration - first pts."""
+def stream_duration(path: str | os.PathLike, index: int, start: float | None,
+                    frame_duration: float) -> tuple[float | None, float]:
+    """``(start, duration)`` of video stream ``index`` from its packets, not the container's.
+
+    The container's duration is not the video's when the video does not start at 0 (Matroska
+    stores the end time, so a stream starting at 1.48 s reads 5.48 s for 4 s of video) or when
+    audio outlasts the video (a WebM with 30 s of audio and 4 s of video reads 30 s). So the
+    end is the last video packet's ``pts + duration``, read after seeking to the last keyframe
+    (the index makes this a few packets' read); if that seek fails or finds no video packet,
+    every packet is read. Packets without any timestamp (raw H.264/HEVC elementary streams)
+    count as one frame each at the nominal rate, starting at 0.
+    """
+    tail = _scan_packets(path, index, frame_duration, from_end=True) if start is not None else None
+    if tail is None or tail[1] is None:
+        tail = _scan_packets(path, index, frame_duration, from_end=False)
+    if tail is None:
+        return start, 0.0
+    first, end, untimed = tail
+    if first is None:  # no timestamps at all
+        return None, untimed * frame_duration
+    begin = first if start is None else start
+    return begin, max((end or begin) - begin, 0.0)
+
+
+def _scan_packets(path: str | os.PathLike, index: int, frame_duration: float,
+                  from_end: bool) -> tuple[float | None, float | None, int] | None:
+    """``(first pts, last pts + duration, packets without timestamps)`` in seconds, or None."""
     import av
 
-    first = last_end = None
+    first = end = None
+    untimed = 0
     try:
         with av.open(os.fspath(path)) as container:
-            stream = container.streams.video[0]
+            stream = container.streams[index]
             tb = stream.time_base
+            if from_end:
+                far = (stream.start_time or 0) + int(10 * 365 * 86400 / tb)  # past any end
+                container.seek(far, stream=stream, backward=True)
             for packet in container.demux(stream):
-                if packet.pts is None or tb is None:
+                if not packet.size:
                     continue
-                t = float(packet.pts * tb)
-                end = t + (float(packet.duration * tb) if packet.duration else frame_duration)
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is None or tb is None:
+                    untimed += 1
+                    continue
+                t = float(ts * tb)
+                stop = t + (float(packet.duration * tb) if packet.duration else frame_duration)
                 first = t if first is None else min(first, t)
-                last_end = end if last_end is None else max(last_end, end)
+                end = stop if end is None else max(end, stop)
     except av_errors():
-        pass  # a damaged tail: keep what was read; decoding reports real errors
-    if first is None or last_end is None:
-        return 0.0
-    return max(last_end - first, 0.0)
+        if from_end and first is None:
+            return None  # the seek failed: read from the start instead
+        # a damaged tail: keep what was read; decoding reports real errors
+    return first, end, untimed

@@ -115,7 +115,7 @@ class FeatureStore:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        decoded = self.frames.get(item, int(self.policy.config.vision_config["image_size"]))
+        decoded = self.frames.get(item, int(self.policy.config.image_size))  # the saved policy's size
         with torch.no_grad():
             feats = self.policy.encode_frames(decoded.frames)  # (T, P, Dv)
         feats = feats.to(device=self.device, dtype=self.dtype or feats.dtype)

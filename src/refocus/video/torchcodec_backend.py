@@ -12,18 +12,22 @@ import os
 import numpy as np
 
 from refocus.errors import VideoError
-from refocus.video.probe import describe, probe_video
+from refocus.video.probe import describe, probe_orientation, probe_video
 from refocus.video.sampling import EPS, sampling_plan, target_times
 from refocus.video.types import DecodedVideo
 
 
 def decode_torchcodec(path: str | os.PathLike, fps: float, max_frames: int,
-                      size: int) -> DecodedVideo:
-    """Decode ``path`` with torchcodec, sampling by presentation time like the PyAV backend."""
+                      size: int, autorotate: bool = True) -> DecodedVideo:
+    """Decode ``path`` with torchcodec, sampling by presentation time like the PyAV backend.
+
+    The display matrix is read with PyAV and applied to torchcodec's stored-orientation frames.
+    """
     from torchcodec.decoders import VideoDecoder
     from torchcodec.transforms import Resize
 
     info = probe_video(path)
+    orient = probe_orientation(path)
     try:
         decoder = VideoDecoder(os.fspath(path), dimension_order="NHWC", seek_mode="exact",
                                transforms=[Resize((size, size))])
@@ -43,13 +47,17 @@ def decode_torchcodec(path: str | os.PathLike, fps: float, max_frames: int,
         raise VideoError(path, f"torchcodec cannot decode ({describe(exc)})") from exc
     if frames.shape[0] == 0:
         raise VideoError(path, "no decodable video frames")
+    if autorotate and orient.ops:
+        frames = np.stack([orient.apply(f) for f in frames])
+    width, height = orient.display_size(info.width, info.height) if autorotate else (info.width, info.height)
     return DecodedVideo(
         path=os.fspath(path),
         frames=np.ascontiguousarray(frames, dtype=np.uint8),
         timestamps=pts[first],
         fps=float(sampling_plan(info.duration, fps, max_frames)[1]),
         duration=info.duration,
-        width=info.width,
-        height=info.height,
+        width=width,
+        height=height,
         backend="torchcodec",
+        rotation=orient.rotation,
     )

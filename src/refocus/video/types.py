@@ -24,15 +24,22 @@ class DecodedVideo:
     fps: float
     """Sampling rate used: the requested rate, or ``max_frames / duration`` when capped."""
     duration: float
-    """Seconds, from stream/container metadata (fallback: last pts + frame duration - first pts)."""
+    """Seconds of video: the video stream's own duration, else its last packet's end minus
+    its first frame's time (not the container's, which may count audio or a start offset)."""
     width: int
-    """Source width in pixels."""
+    """Source width in pixels as the frames are oriented: the display width (after the
+    stream's display matrix) with ``autorotate``, the stored width without."""
     height: int
-    """Source height in pixels."""
+    """Source height in pixels, oriented like ``width``."""
     backend: str
     """Decoder that produced the frames (``pyav``, ``decord``, ``torchcodec``)."""
     from_cache: bool = False
     """True when the frames were read back from the on-disk cache instead of decoded."""
+    rotation: int = 0
+    """Clockwise degrees (0, 90, 180, 270) the stream's display matrix turns the stored
+    picture by, whether or not it was applied (``autorotate``)."""
+    skipped_packets: int = 0
+    """Damaged packets the decoder rejected and decoding went past (pyav backend)."""
 
     @property
     def num_frames(self) -> int:

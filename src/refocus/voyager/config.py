@@ -8,11 +8,12 @@ YAML files only override fields of :class:`VoyagerConfig`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from refocus.errors import ConfigError
+from refocus.training.config import TrainerConfig, load_dataclass_config, packaged_config
 
 SCORINGS = ("set", "sequence")
 VOYAGER_FILE = "voyager.json"
@@ -57,17 +58,20 @@ class CollectConfig:
 
 
 @dataclass
-class VoyagerConfig:
-    """Training of the ranker (``refocus voyager train``).
+class VoyagerConfig(TrainerConfig):
+    """Training of the ranker (``refocus voyager train``): the shared trainer fields
+    (:class:`refocus.training.config.TrainerConfig`) plus the ranking fields below.
 
     The ranker is the ReFoCUS policy itself (same vision tower, projector, Mamba2 backbone and
     K/Q/V heads, built the same way), so the comparison with GRPO differs only in the
     supervision. A combination's score ``s`` is read from the policy (see ``scoring``) and the
     RankNet loss ``-log sigmoid(s_i - s_j - margin)`` is applied to every pair of a question's
     combinations whose reference losses satisfy ``loss_i + min_loss_gap < loss_j``.
+    The project's CPU setting of the trainer fields (the policy and optimiser of
+    ``configs/tiny.yaml``) is ``configs/voyager.yaml``, which :func:`load_voyager_config`
+    starts from.
     """
 
-    # ---- scoring -------------------------------------------------------------------------
     scoring: str = "sequence"
     """How the policy scores a combination c (K frames), and how the selector picks frames:
     'sequence' (default): the sum over the K steps of the log-probability of selecting c's
@@ -78,9 +82,8 @@ class VoyagerConfig:
     'set': the mean over f in c of the log-probability of f at the policy's FIRST step
     (the <start_of_frame> query against all frame keys): Frame-Voyager's own form (a
     query-frame score per frame, averaged over the combination), order-free, and its best
-    K-combination is exactly the top-K frames. Measured on held-out V-NIAH at equal reference
-    calls (benchmarks/RESULTS.md) its top-K frames bunch up, and evidence recall was lower
-    (0.42-0.44 against 0.63-0.64 for 'sequence')."""
+    K-combination is exactly the top-K frames, which bunch up (evidence recall measured in
+    benchmarks/RESULTS.md)."""
     combinations_per_question: int = 8
     """G: combinations drawn per question per step (without replacement when the question has
     that many); all their ordered pairs with a loss gap enter the loss."""
@@ -89,67 +92,18 @@ class VoyagerConfig:
     the reference model's loss is noisy at this scale and a tie carries no ranking."""
     margin: float = 0.0
     """Score margin of the logistic loss, -log sigmoid(s_i - s_j - margin) (0: RankNet)."""
-    per_device_train_batch_size: int = 8
-    """B: questions per step."""
-
-    # ---- optimisation (as the GRPO trainer) ----------------------------------------------
-    learning_rate: float = 1e-3
-    """LR of pretrained parameters (backbone layers that were not re-initialised). The small
-    policy's backbone is trained from scratch, so both groups default to the higher rate, as
-    ``configs/tiny.yaml`` does for GRPO."""
-    learning_rate_reinit: float = 1e-3
-    """LR of re-initialised parameters (heads, projector, last backbone layers, <start_of_frame>)."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "linear"
-    """'linear' decay after warm-up, or 'constant'."""
-    max_grad_norm: float = 1.0
-    max_steps: int = 200
-    bf16: bool = False
-    """bfloat16 autocast for the policy forward (scores stay float32); off on CPU, where it is slower."""
-    gradient_checkpointing: bool = False
-
-    # ---- policy architecture (as GRPOConfig) ---------------------------------------------
-    policy: dict[str, Any] = field(default_factory=lambda: {
-        "tokens_per_frame": 4,
-        "head_dim": 32,
-        "backbone_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_heads": 8,
-                            "head_dim": 16, "state_size": 16},
-    })
-    """Overrides of ``FramePolicyConfig`` fields for a new policy (default: the architecture
-    of ``configs/tiny.yaml``, so GRPO and Frame-Voyager compare on the same model)."""
-    init_policy: str | None = None
-    """Start from this policy checkpoint instead of building one."""
-
-    # ---- bookkeeping ---------------------------------------------------------------------
-    seed: int = 0
-    logging_steps: int = 1
-    save_steps: int = 50
-    save_total_limit: int = 2
-    """Checkpoints kept (oldest removed); the final policy is always written to DIR/policy."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scoring not in SCORINGS:
             raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         if self.combinations_per_question < 2:
             raise ConfigError("combinations_per_question must be >= 2: the loss compares pairs")
         if self.min_loss_gap < 0:
             raise ConfigError(f"min_loss_gap must be >= 0, got {self.min_loss_gap}")
-        if self.per_device_train_batch_size < 1 or self.max_steps < 1:
-            raise ConfigError("per_device_train_batch_size and max_steps must be >= 1")
-        if self.lr_scheduler_type not in ("linear", "constant"):
-            raise ConfigError("lr_scheduler_type must be 'linear' or 'constant'")
-        if self.save_steps < 1 or self.logging_steps < 1:
-            raise ConfigError("save_steps and logging_steps must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def load_voyager_config(path: str | Path | None = None, **overrides: Any) -> VoyagerConfig:
-    """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
-    from refocus.training.config import load_dataclass_config
-
-    return load_dataclass_config(VoyagerConfig, path, **overrides)
+    """``configs/voyager.yaml`` (the CPU setting), then the YAML file's fields, then
+    ``overrides`` (None values ignored)."""
+    return load_dataclass_config(VoyagerConfig, path, base=packaged_config("voyager"), **overrides)

@@ -38,7 +38,7 @@ def first_step_logprobs(
     )
     prefix = encode_prefix(policy, feats, ids, masks, num_frames)
     b = prefix.keys.shape[0]
-    start = policy.start_embedding.expand(b, 1, -1)
+    start = policy.start_vector.expand(b, 1, -1)
     # A trailing dummy token keeps the backbone on its out-of-place path (the single-token
     # path updates state in place, which autograd rejects); it cannot change step 1 (causal).
     hidden, _ = policy.run_backbone(torch.cat([start, torch.zeros_like(start)], dim=1), prefix.state)

@@ -8,9 +8,9 @@ The loop, per step:
   5. AdamW step (two learning rates, as GRPO), metrics, checkpoint.
 
 No reference-model call happens here: all reference calls were spent in collection and are
-reported from its summary. Checkpoints, metrics and the final policy use the GRPO trainer's
-formats (``refocus.training.checkpoint``, ``refocus.training.metrics``), so ``--resume``,
-``refocus analyze entropy`` and the ``policy:DIR`` loader read them alike.
+reported from its summary. The loop, batching, checkpoints, resume, metrics and the final
+export are the GRPO trainer's own (:class:`refocus.training.core.PolicyTrainer`), so
+``--resume``, ``refocus analyze entropy`` and the ``policy:DIR`` loader read them alike.
 """
 
 from __future__ import annotations
@@ -22,22 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.io import write_json
-from refocus.training.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from refocus.training.metrics import MetricsWriter
-from refocus.video.stores import FeatureStore, FrameStore
+from refocus.training.config import resolve_config
+from refocus.training.core import PolicyTrainer, save_policy_dir
+from refocus.video.stores import FrameStore
 from refocus.voyager.config import VOYAGER_FILE, CollectConfig, VoyagerConfig, load_voyager_config
 from refocus.voyager.model import combination_scores
 from refocus.voyager.ranking import pairwise_ranking_loss
@@ -54,14 +47,17 @@ class VoyagerTrainResult:
     last_metrics: dict = field(default_factory=dict)
 
 
-class VoyagerTrainer:
-    """Pairwise ranking training of a :class:`refocus.policy.FramePolicy`.
+class VoyagerTrainer(PolicyTrainer):
+    """Pairwise ranking training of a :class:`refocus.policy.FramePolicy` on the shared
+    trainer core (:class:`refocus.training.core.PolicyTrainer`).
 
     items / rankings: parallel lists from :func:`refocus.voyager.collect.load_rankings`.
     collect_summary: that collection's summary (decoding settings, reference calls).
     reference: the loaded reference model whose vision tower and tokenizer the new policy uses
-    (``refocus.training.trainer.build_policy``); may be None when ``cfg.init_policy`` is set.
+    (``refocus.training.core.build_policy``); may be None when ``cfg.init_policy`` is set.
     """
+
+    desc = "voyager"
 
     def __init__(
         self,
@@ -74,52 +70,47 @@ class VoyagerTrainer:
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        from refocus.seeding import seed_everything
-        from refocus.training.trainer import build_policy, make_optimizer
-
         if not items or len(items) != len(rankings):
             raise RefocusError("voyager training needs at least one ranked question")
         if reference is None and not cfg.init_policy:
             raise RefocusError("voyager training needs the reference model (or init_policy) to build the policy")
-        self.cfg = cfg
-        self.items = items
         self.combos = [torch.tensor([c["indices"] for c in r["combinations"]], dtype=torch.long) for r in rankings]
         self.losses = [torch.tensor([c["loss"] for c in r["combinations"]], dtype=torch.float32) for r in rankings]
         self.num_frames = [int(r["num_frames"]) for r in rankings]
         self.collect_summary = collect_summary
-        self.out_dir = Path(out_dir)
-        self.progress = progress
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        seed_everything(cfg.seed)
-        self.policy, self.tokenizer = build_policy(cfg, reference)
-        self.policy.to(self.device)
-        if cfg.gradient_checkpointing:
-            self.policy.activation_checkpointing_enable()
-        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
         collect_cfg = CollectConfig(**collect_summary.get("config", {}))
-        self.features = FeatureStore(self.policy, FrameStore(collect_cfg.fps, collect_cfg.max_frames))
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.metrics = MetricsWriter(self.out_dir)
-        self.step = 0
-        self.skipped: dict[str, str] = {}
-        if resume:
-            self._resume()
+        super().__init__(cfg, items, reference, out_dir, frames=FrameStore(collect_cfg.fps, collect_cfg.max_frames),
+                         resume=resume, progress=progress)
+        if self.world > 1:  # the ranking scores call the policy's methods, outside DDP's forward
+            raise RefocusError("Frame-Voyager training runs in one process; launch it without accelerate")
 
     @property
     def reference_calls(self) -> int:
         return int(self.collect_summary.get("reference_calls", 0))
 
-    # ------------------------------------------------------------------ data
-    def _batch_indices(self, step: int) -> list[int]:
-        """Question indices of ``step``: a fresh permutation per epoch from (seed, epoch)."""
-        b = self.cfg.per_device_train_batch_size
-        picked = []
-        for pos in range(step * b, (step + 1) * b):
-            epoch, offset = divmod(pos, len(self.items))
-            perm = np.random.default_rng((self.cfg.seed, epoch)).permutation(len(self.items))
-            picked.append(int(perm[offset]))
-        return picked
+    def generator_seed(self) -> int:
+        return self.cfg.seed + 1000 * self.rank
 
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": f"{metrics.get('train/loss', float('nan')):.3f}",
+                "pair_acc": f"{metrics.get('train/pair_accuracy', float('nan')):.2f}"}
+
+    def write_extra_files(self, policy_dir: Path) -> None:
+        _write_voyager_file(policy_dir, self.cfg, self.collect_summary)
+
+    def train(self) -> VoyagerTrainResult:
+        last = self.fit()
+        policy_dir = self.export()
+        return VoyagerTrainResult(
+            steps=self.step,
+            policy_dir=policy_dir,
+            reference_calls=self.reference_calls,
+            scoring=self.cfg.scoring,
+            skipped=[{"id": k, "reason": v} for k, v in sorted(self.skipped.items())],
+            last_metrics=last,
+        )
+
+    # ------------------------------------------------------------------ data
     def _draw(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """G combinations (G, K), their losses (G,) and a validity mask (G,) for question q.
 
@@ -137,14 +128,8 @@ class VoyagerTrainer:
 
     def _features(self, q: int) -> torch.Tensor | None:
         item = self.items[q]
-        if item.id in self.skipped:
-            return None
-        try:
-            feats = self.features.get(item)  # (T, P, Dv)
-        except RefocusError as exc:
-            self.skipped[item.id] = str(exc)
-            return None
-        if feats.shape[0] != self.num_frames[q]:
+        feats = self.item_features(item)  # (T, P, Dv)
+        if feats is not None and feats.shape[0] != self.num_frames[q]:
             self.skipped[item.id] = (
                 f"decoded {feats.shape[0]} frames, the collection had {self.num_frames[q]}; "
                 "the video changed or the decoding differs"
@@ -152,66 +137,37 @@ class VoyagerTrainer:
             return None
         return feats
 
-    # ------------------------------------------------------------------ loop
-    def train(self) -> VoyagerTrainResult:
-        from tqdm.auto import tqdm
-
-        cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="voyager", disable=not self.progress)
-        last: dict = {}
-        while self.step < cfg.max_steps:
-            last = self.train_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.get('train/loss', float('nan')):.3f}",
-                            pair_acc=f"{last.get('train/pair_accuracy', float('nan')):.2f}")
-            if self.step % cfg.logging_steps == 0:
-                self.metrics.log(self.step, last)
-            if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps:
-                self._save()
-        bar.close()
-        policy_dir = self.out_dir / "policy"
-        save_policy(self.policy, self.tokenizer, policy_dir, cfg, self.collect_summary)
-        self.metrics.close()
-        return VoyagerTrainResult(
-            steps=self.step,
-            policy_dir=policy_dir,
-            reference_calls=self.reference_calls,
-            scoring=cfg.scoring,
-            skipped=[{"id": k, "reason": v} for k, v in sorted(self.skipped.items())],
-            last_metrics=last,
-        )
-
+    # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
-        from refocus.policy import tokenize_question
+        from refocus.policy import policy_prompt
 
         cfg = self.cfg
         t0 = time.perf_counter()
         feats, qids, combos, losses, valid = [], [], [], [], []
-        for q in self._batch_indices(self.step):
+        for q in self.batch_indices(self.step):
             f = self._features(q)
             if f is None:
                 continue
             c, lo, v = self._draw(q)
             feats.append(f)
-            qids.append(tokenize_question(self.tokenizer, self.items[q]))
+            qids.append(policy_prompt(self.policy.config, self.tokenizer, self.items[q]))
             combos.append(c)
             losses.append(lo)
             valid.append(v)
         metrics: dict = {"train/skipped_items": len(self.skipped)}
         if not feats:
             return metrics
-        self.policy.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            scores = combination_scores(self.policy, feats, qids, torch.stack(combos), cfg.scoring)  # (B, G)
+        self.unwrapped.train()
+        with self.autocast():
+            scores = combination_scores(self.unwrapped, feats, qids, torch.stack(combos), cfg.scoring)  # (B, G)
         loss, stats = pairwise_ranking_loss(
             scores.float(), torch.stack(losses), cfg.min_loss_gap, cfg.margin, torch.stack(valid)
         )
         grad_norm = float("nan")
         if stats["pairs"] > 0 and torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+            self.accelerator.backward(loss)
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
             self.optimizer.step()
         with warnings.catch_warnings():  # a step without pairs skips the optimizer, not the schedule
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -227,36 +183,6 @@ class VoyagerTrainer:
         }
         return metrics
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save(self) -> None:
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator),
-            "skipped": self.skipped,
-        }
-        ckpt = save_checkpoint(
-            self.out_dir, self.step, self.policy, self.tokenizer, state,
-            yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), keep=self.cfg.save_total_limit,
-        )
-        _write_voyager_file(ckpt, self.cfg, self.collect_summary)
-
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out_dir)
-        if ckpt is None:
-            raise RefocusError(f"{self.out_dir}: --resume given but no checkpoint found")
-        from safetensors.torch import load_file
-
-        self.policy.load_state_dict(load_file(ckpt / "model.safetensors", device=str(self.device)), strict=False)
-        state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.generator)
-        self.step = state["step"]
-        self.skipped = dict(state["skipped"])
-        self.metrics.truncate_after(self.step)
-
 
 def _write_voyager_file(policy_dir: Path, cfg: VoyagerConfig, collect_summary: dict) -> None:
     info = {
@@ -269,12 +195,9 @@ def _write_voyager_file(policy_dir: Path, cfg: VoyagerConfig, collect_summary: d
 
 def save_policy(policy, tokenizer, policy_dir: str | Path, cfg: VoyagerConfig, collect_summary: dict) -> Path:
     """The policy as ``refocus train`` saves it, plus ``voyager.json`` (scoring, reference calls)."""
-    policy_dir = Path(policy_dir)
-    policy.save_pretrained(policy_dir)
-    tokenizer.save_pretrained(policy_dir)
-    (policy_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _write_voyager_file(policy_dir, cfg, collect_summary)
-    return policy_dir
+    save_policy_dir(policy, tokenizer, policy_dir, cfg)
+    _write_voyager_file(Path(policy_dir), cfg, collect_summary)
+    return Path(policy_dir)
 
 
 def _finite_or_none(metrics: dict) -> dict:
@@ -303,7 +226,7 @@ def train_voyager(
     from refocus.reference import load_reference
     from refocus.voyager.collect import load_rankings
 
-    cfg = config if isinstance(config, VoyagerConfig) else load_voyager_config(config, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(config, load_voyager_config, VoyagerConfig, max_steps=max_steps, seed=seed)
     items, rankings, summary = load_rankings(data_dir)
     if not items:
         raise RefocusError(f"{data_dir}: the collection has no ranked question")

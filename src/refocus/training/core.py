@@ -1,0 +1,304 @@
+"""The trainer core shared by GRPO and Frame-Voyager: one loop, one checkpoint format.
+
+:class:`PolicyTrainer` owns what every way of training the policy needs: the accelerate
+process group (data-parallel under ``accelerate launch``), the policy and its tokenizer
+(:func:`build_policy`), AdamW with the two learning rates and the schedule
+(:func:`make_optimizer`), the per-rank question order, decoded frames and frozen features,
+the loop with its progress bar and metrics, strict config-checked checkpoints and resume,
+and the final export to ``DIR/policy``. A subclass supplies :meth:`PolicyTrainer.train_step`
+(one optimiser step, returning its metrics) and, when it keeps more state, the hooks
+:meth:`extra_state` / :meth:`load_extra_state` and :meth:`write_extra_files`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from refocus.data.questions import QAItem
+from refocus.errors import RefocusError
+from refocus.training.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from refocus.training.config import TrainerConfig
+from refocus.training.metrics import MetricsWriter
+from refocus.video.stores import FeatureStore, FrameStore
+
+
+def build_policy(cfg: TrainerConfig, reference):
+    """The policy to train and its tokenizer. Returns (policy, tokenizer).
+
+    ``cfg.init_policy`` (``refocus train --policy DIR``): that saved policy as it is (an
+    ``refocus policy init`` output or a trained policy; nothing is re-initialised, B.2's
+    re-initialisation happened once, when it was built from a pretrained language model).
+    Otherwise a new one from the parts named in ``cfg.policy`` (``vision_model``,
+    ``backbone_model``, ``tokenizer``; see :func:`refocus.policy.build.init_policy`): the
+    encoder comes from the reference model only with ``vision_from_reference: true``, the
+    tokenizer from the backbone (else ``tokenizer``, else the reference's).
+    """
+    from transformers import AutoTokenizer
+
+    from refocus.policy import FramePolicy
+    from refocus.policy.build import init_policy
+
+    if cfg.init_policy:
+        policy = FramePolicy.from_pretrained(cfg.init_policy)
+        return policy, AutoTokenizer.from_pretrained(cfg.init_policy)
+    overrides = dict(cfg.policy)
+    parts = {key: overrides.pop(key, None) for key in ("vision_model", "backbone_model", "tokenizer")}
+    from_reference = bool(overrides.pop("vision_from_reference", False))
+    policy, tokenizer, _ = init_policy(
+        vision=parts["vision_model"], backbone=parts["backbone_model"], tokenizer=parts["tokenizer"],
+        overrides=overrides, reference=reference, vision_from_reference=from_reference,
+    )
+    return policy, tokenizer
+
+
+def optimizer_groups(policy, cfg: TrainerConfig) -> list[dict]:
+    """AdamW parameter groups: (pretrained, re-initialised) learning rates x (decay, no decay).
+
+    No weight decay on the logit scale, norms, biases and Mamba2's A_log / D
+    (:meth:`FramePolicy.no_decay_parameter_names`; the authors mark the logit scale
+    ``_no_weight_decay``, mamba_ssm the SSM parameters); ``cfg.weight_decay`` (B.1: 0.01) on the
+    rest. Empty groups are left out; each group has a ``name``.
+    """
+    no_decay = policy.no_decay_parameter_names()
+    lrs = {"pretrained": cfg.learning_rate, "reinitialised": cfg.learning_rate_reinit}
+    groups = []
+    for kind, params in policy.parameter_groups().items():
+        for decays in (True, False):
+            chosen = [p for name, p in params.items() if (name not in no_decay) == decays]
+            if chosen:
+                group = {"params": chosen, "lr": lrs[kind], "name": f"{kind}/{'decay' if decays else 'no_decay'}"}
+                groups.append(group if decays else group | {"weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(policy, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over :func:`optimizer_groups` (pretrained / re-initialised learning rates, Appendix
+    B.1; no decay on scales, norms and biases) and a linear warm-up then linear (or constant)
+    schedule."""
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(policy, cfg), betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+    warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.max_steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_scheduler_type == "constant":
+            return 1.0
+        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+class PolicyTrainer:
+    """The loop, sharding, logging, checkpoints and export; subclasses supply the step.
+
+    items: the training questions. reference: the loaded reference model whose vision tower
+    and tokenizer a new policy uses (may be None with ``cfg.init_policy``). frames: the
+    decoding store (default: ``cfg.fps`` / ``cfg.max_frames``).
+    """
+
+    desc = "train"
+    """Progress-bar label."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        items: list[QAItem],
+        reference: Any,
+        out_dir: str | Path,
+        *,
+        frames: FrameStore,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        from accelerate import Accelerator
+
+        from refocus.seeding import seed_everything
+
+        self.cfg = cfg
+        self.items = items
+        self.reference = reference
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
+        self.policy, self.tokenizer = build_policy(cfg, reference)
+        if cfg.gradient_checkpointing:
+            self.policy.activation_checkpointing_enable()
+        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
+        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        self.generator = torch.Generator().manual_seed(self.generator_seed())
+        self.frames = frames
+        self.features = self.feature_store(frames)
+        self.metrics = MetricsWriter(self.out_dir, enabled=self.accelerator.is_main_process)
+        self.step = 0
+        self.skipped: dict[str, str] = {}
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ subclass hooks
+    def generator_seed(self) -> int:
+        """Seed of this rank's sampling generator."""
+        return self.cfg.seed * 1000 + self.rank
+
+    def feature_store(self, frames: FrameStore) -> FeatureStore:
+        """Where the frozen features of the videos are kept between steps."""
+        return FeatureStore(self.policy, frames)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimiser step on :meth:`batch_indices` of ``self.step``; returns its metrics."""
+        raise NotImplementedError
+
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """What the progress bar shows of a step's metrics."""
+        return {"loss": f"{metrics.get('train/loss', float('nan')):.3f}"}
+
+    def extra_state(self) -> dict[str, Any]:
+        """State of the subclass saved in every checkpoint (plain Python values)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def write_extra_files(self, policy_dir: Path) -> None:
+        """Files written beside a saved policy (each checkpoint and the final one)."""
+
+    # ------------------------------------------------------------------ data
+    def batch_indices(self, step: int) -> list[int]:
+        """This rank's question indices for ``step``: a fresh permutation per epoch from
+        (seed, epoch), the global batch split into consecutive per-rank shards."""
+        b = self.cfg.per_device_train_batch_size
+        start = step * b * self.world + self.rank * b
+        picked = []
+        for pos in range(start, start + b):
+            epoch, offset = divmod(pos, len(self.items))
+            perm = np.random.default_rng((self.cfg.seed, epoch)).permutation(len(self.items))
+            picked.append(int(perm[offset]))
+        return picked
+
+    def item_features(self, item: QAItem) -> torch.Tensor | None:
+        """Frozen features (T, P, Dv) of ``item``'s video, or None (skipped and recorded)."""
+        if item.id in self.skipped:
+            return None
+        try:
+            return self.features.get(item)
+        except RefocusError as exc:
+            self.skipped[item.id] = str(exc)
+            return None
+
+    def autocast(self):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    @property
+    def unwrapped(self):
+        """The policy without its data-parallel wrapper."""
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Run the steps left until ``max_steps``, log, checkpoint and export the policy to
+        ``DIR/policy``; returns the last step's metrics."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc,
+                   disable=not (self.progress and self.accelerator.is_main_process))
+        last: dict[str, Any] = {}
+        while self.step < cfg.max_steps:
+            last = self.train_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(self.postfix(last))
+            if self.step % cfg.logging_steps == 0:
+                self.metrics.log(self.step, last)
+            if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps:
+                self.save()
+        bar.close()
+        return last
+
+    def export(self) -> Path:
+        """Write the final policy, its tokenizer and config to ``DIR/policy``."""
+        policy_dir = self.out_dir / "policy"
+        if self.accelerator.is_main_process:
+            save_policy_dir(self.unwrapped, self.tokenizer, policy_dir, self.cfg)
+            self.write_extra_files(policy_dir)
+        self.accelerator.wait_for_everyone()
+        self.metrics.close()
+        return policy_dir
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generator),
+            "skipped": self.skipped,
+            **self.extra_state(),
+        }
+        if self.accelerator.is_main_process:
+            ckpt = save_checkpoint(
+                self.out_dir, self.step, self.unwrapped, self.tokenizer, state,
+                _config_yaml(self.cfg), keep=self.cfg.save_total_limit,
+            )
+            self.write_extra_files(ckpt)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        """Continue from the latest checkpoint: refuses one written with a config that changes
+        the run, and loads every weight (a missing or unexpected tensor is an error)."""
+        ckpt = latest_checkpoint(self.out_dir)
+        if ckpt is None:
+            raise RefocusError(f"{self.out_dir}: --resume given but no checkpoint found")
+        saved = yaml.safe_load((ckpt / "train_config.yaml").read_text()) or {}
+        mismatch = self.cfg.resume_mismatch(saved)
+        if mismatch:
+            raise RefocusError(
+                f"{ckpt}: cannot resume, the checkpoint was written with another config ("
+                + "; ".join(mismatch) + "). Resume with the checkpoint's config "
+                f"({ckpt / 'train_config.yaml'}), or start a new run in another --out directory"
+            )
+        from safetensors.torch import load_file
+
+        weights = load_file(ckpt / "model.safetensors", device=str(self.accelerator.device))
+        try:
+            self.unwrapped.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise RefocusError(f"{ckpt}: the checkpoint's weights do not fit this policy ({exc})") from None
+        state = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], self.generator)
+        self.step = state["step"]
+        self.skipped = dict(state["skipped"])
+        self.load_extra_state(state)
+        self.metrics.truncate_after(self.step)
+
+
+def _config_yaml(cfg: TrainerConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_policy_dir(policy, tokenizer, policy_dir: str | Path, cfg: TrainerConfig) -> Path:
+    """A policy as ``refocus train`` leaves it: weights, tokenizer and ``train_config.yaml``."""
+    policy_dir = Path(policy_dir)
+    policy.save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    (policy_dir / "train_config.yaml").write_text(_config_yaml(cfg))
+    return policy_dir
