@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         lap(f"voyager-{scoring}")
 
     heldout = load_questions(heldout_qa)
-    store = FrameStore(4.0, 512)
+    store = FrameStore()
     selectors = {"uniform": get_selector("uniform")}
     for scoring, run in voyagers.items():
         selectors[f"voyager-{scoring}"] = VoyagerSelector.from_dir(run["policy_dir"], name=f"voyager-{scoring}")

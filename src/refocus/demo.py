@@ -32,7 +32,7 @@ class DemoConfig:
     train_videos: int = 240
     heldout_videos: int = 100
     frames: tuple[int, int] = (64, 256)
-    """Video lengths (frames at 4 fps) of both splits."""
+    """Video lengths (frames at the decode rate) of both splits."""
     budget: int = 8
     """Frames every selector may pick at evaluation (T')."""
     seeds: int = 3
@@ -209,7 +209,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         lap("voyager")
 
     heldout = load_questions(heldout_qa)
-    store = FrameStore(4.0, 512)
+    store = FrameStore()
     selectors = {
         "uniform": get_selector("uniform", seed=cfg.seed),
         "random": get_selector("random", seed=cfg.seed),

@@ -120,7 +120,7 @@ def run_bins_analysis(
 
     answerer: a loaded reference model. policy: a ``PolicySelector`` (anything with
     ``image_size`` and ``selection_distribution(video, item, budget, num_samples)``); it is
-    reseeded with ``config.seed``. store: a shared ``FrameStore`` (default 4 fps, 512 frames).
+    reseeded with ``config.seed``. store: a shared ``FrameStore`` (default: the ``DecodeConfig`` defaults).
 
     Returns ``{"analysis": "bins", "policy", "answerer", "budget", "samples", "percents",
     "n_items", "uniform": {"accuracy", "evidence_recall"}, "bins": [{"percent", "over":

@@ -173,7 +173,7 @@ def run_diversity_analysis(
 
     policy: a ``PolicySelector`` (anything with ``image_size`` and
     ``selection_distribution(video, item, budget, num_samples)``); it is reseeded with
-    ``config.seed``. store: a shared ``FrameStore`` (default: 4 fps, 512 frames).
+    ``config.seed``. store: a shared ``FrameStore`` (default: the ``DecodeConfig`` defaults).
 
     Returns ``{"analysis": "diversity", "policy", "budget", "samples", "bins", "grouping",
     "groups": {group: {"n_items", "frames": [min, max], "policy": {"js", "symmetric_kl",

@@ -166,7 +166,7 @@ def run_entropy_analysis(
     """Mean temporal entropy of sampled selections per checkpoint and T'.
 
     run_dir: a ``refocus train`` output directory (or None with ``checkpoints``, a list of
-    ``(step, policy dir)``). store: a shared ``FrameStore`` (default 4 fps, 512 frames).
+    ``(step, policy dir)``). store: a shared ``FrameStore`` (default: the ``DecodeConfig`` defaults).
 
     Returns ``{"analysis": "entropy", "run_dir", "ks", "samples", "knn", "time_unit",
     "n_items", "checkpoints": [{"step", "path", "entropy": {T': mean}, "entropy_std":

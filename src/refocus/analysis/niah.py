@@ -35,6 +35,7 @@ import numpy as np
 from refocus.data.questions import QAItem
 from refocus.data.synth.grid import DEFAULT_LENGTHS, DEFAULT_POSITIONS
 from refocus.errors import RefocusError
+from refocus.video.config import DecodeConfig
 
 JSON_NAME = "niah.json"
 PNG_NAME = "niah.png"
@@ -57,7 +58,7 @@ class NiahConfig:
     seeds: int = 1
     """Selection runs for sampling selectors (seeds ``seed .. seed + seeds - 1``);
     deterministic selectors run once."""
-    fps: float = 4.0
+    fps: float = DecodeConfig.fps
     """Rate of the grid videos and of decoding, so a length-T video gives exactly T frames."""
     size: int = 96
     """Frame side of the written grid videos (pixels)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from refocus.errors import ConfigError
+from refocus.video.config import DecodeConfig
 
 METHODS = ("grpo", "ktr")
 SIGNALS = ("visual", "temporal", "entropy")
@@ -74,8 +75,8 @@ class AnswererTrainConfig:
     max_steps: int = 1000
 
     # ---- data and bookkeeping ----------------------------------------------------------------
-    fps: float = 4.0
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (rate and frame cap; the size is the model's)."""
     seed: int = 0
     logging_steps: int = 1
     save_steps: int = 50

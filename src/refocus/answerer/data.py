@@ -10,6 +10,7 @@ from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import QAItem, load_questions
 from refocus.errors import RefocusError
 from refocus.reference.small_training import _Video, sample_subset
+from refocus.video.config import DecodeConfig
 
 
 def load_items(path: str | Path) -> list[QAItem]:
@@ -25,7 +26,7 @@ def load_items(path: str | Path) -> list[QAItem]:
 class EvidenceVideos:
     """Decoded frames (at one size) plus evidence masks, per video, decoded once."""
 
-    def __init__(self, size: int, fps: float = 4.0, max_frames: int = 512) -> None:
+    def __init__(self, size: int, fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames) -> None:
         from refocus.video.stores import FrameStore
 
         self.size = size

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from refocus.answerer.data import EvidenceVideos, evidence_frames
 from refocus.answerer.rationale import TEMPLATE_WORDS, build_rationale, has_rationale
 from refocus.errors import RefocusError
 from refocus.io import write_json
+from refocus.video.config import DecodeConfig
 
 
 @dataclass
@@ -45,8 +46,8 @@ class SFTConfig:
     max_new_tokens: int = 64
     """Greedy budget of the held-out answers (templated rationales are 10-25 tokens)."""
     seed: int = 0
-    fps: float = 4.0
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (rate and frame cap; the size is the model's)."""
 
 
 def extend_vocabulary(model, processor, words: list[str]) -> list[str]:
@@ -177,7 +178,7 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     if not items:
         raise RefocusError(f"{data}: no questions with evidence spans and a rationale template (synthetic niah/multi)")
     adapter = load_reference(answerer_dir)
-    videos = EvidenceVideos(int(adapter.image_size), cfg.fps, cfg.max_frames)
+    videos = EvidenceVideos(int(adapter.image_size), cfg.decode.fps, cfg.decode.max_frames)
     items = videos.usable(items, skipped)
     val = [it for it in items if is_held_out(it.id, cfg.val_fraction)][: cfg.max_val_questions]
     train = [it for it in items if not is_held_out(it.id, cfg.val_fraction)]

@@ -94,7 +94,7 @@ class AnswererTrainer:
         warm = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.size = int(self.answerer.image_size)
-        self.frames = FrameStore(cfg.fps, cfg.max_frames, capacity=256)
+        self.frames = FrameStore(cfg.decode.fps, cfg.decode.max_frames, capacity=256)
         self.perm_rng = np.random.default_rng(cfg.seed + 17)
         self.metrics = MetricsWriter(self.out_dir)
         self.gen_cfg = GenerateConfig(cfg.max_new_tokens, True, cfg.temperature, cfg.top_p)

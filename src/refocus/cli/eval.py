@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from refocus.cli._common import add_decode_arguments
 from refocus.distributed import add_device_arguments
 
 EPILOG = """\
@@ -49,8 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed S (default 0)")
     p.add_argument("--mode", choices=["greedy", "sample", "distribution"], default=None,
                    help="policy selection mode (default greedy)")
-    p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
-    p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
+    add_decode_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="subsets per answerer forward (default 16)")
     p.add_argument("--generate", action="store_true",
                    help="also let the answerer write a reasoned answer (<think>...</think><answer>X</answer>, "

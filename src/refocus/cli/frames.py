@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+from refocus.cli._common import add_decode_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,11 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$REFOCUS_CACHE_DIR/frames.",
     )
     p.add_argument("video", metavar="VIDEO", help="video file (any container FFmpeg reads)")
-    p.add_argument("--fps", type=float, default=4.0, help="sampling rate in frames/s (default 4)")
-    p.add_argument("--max-frames", type=int, default=512,
-                   help="cap on sampled frames; above it samples spread over the whole video "
-                   "(default 512)")
-    p.add_argument("--size", type=int, default=224, help="output frame side in pixels (default 224)")
+    add_decode_arguments(p, size=True)
     p.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"],
                    help="decoder (default pyav; decord/torchcodec are optional extras)")
     p.add_argument("--no-autorotate", action="store_true",

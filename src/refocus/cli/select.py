@@ -7,7 +7,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from refocus.cli._common import add_decode_arguments
 from refocus.distributed import add_device_arguments
+from refocus.video.config import DecodeConfig
 
 DEFAULT_DECODE_SIZE = 64
 """Decode size for selectors that ignore pixels (only the timestamps matter to them)."""
@@ -35,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["greedy", "sample", "distribution"], default=None,
                    help="policy selection mode (default greedy: deterministic, one pass; sample: "
                    "one seeded sample; distribution: top-K of the 64-sample selection distribution)")
-    p.add_argument("--fps", type=float, default=4.0, help="decoding rate in frames/s (default 4)")
-    p.add_argument("--max-frames", type=int, default=512, help="cap on decoded frames (default 512)")
+    add_decode_arguments(p)
     add_device_arguments(p, "the policy (or another model-based selector)")
     p.set_defaults(func=run)
 
@@ -61,8 +62,8 @@ def selection_records(
     selector: Any,
     budget: int,
     *,
-    fps: float = 4.0,
-    max_frames: int = 512,
+    fps: float = DecodeConfig.fps,
+    max_frames: int = DecodeConfig.max_frames,
     progress: bool = True,
 ) -> Iterator[dict]:
     """One selection-file record per item; failures become records with an ``error`` field.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refocus.cli._common import add_config_arguments
 from refocus.distributed import add_device_arguments
 
 
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="QA.jsonl", help="(filtered) question file or benchmark dir")
     p.add_argument("--reference", required=True, metavar="REF", help="reference checkpoint directory")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, policy/)")
-    p.add_argument("--config", metavar="YAML", help="config overrides (e.g. configs/tiny.yaml); default: paper settings")
+    add_config_arguments(p, "GRPOConfig (e.g. configs/tiny.yaml; default: the paper's settings)")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
@@ -28,12 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
+    from refocus.configuration import parse_overrides
     from refocus.training.train import train_policy
 
     result = train_policy(
         data=resolve_question_file(args.data), reference=args.reference, out_dir=Path(args.out),
         config=args.config, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, sets=parse_overrides(args.sets),
     )
     m = result.last_metrics
     summary(

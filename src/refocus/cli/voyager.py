@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refocus.cli._common import add_config_arguments, add_field_arguments, field_values
+from refocus.voyager.config import CollectConfig
+
+COLLECT_FLAGS = {"combination_size": None, "max_combinations": None, "clip_length": None,
+                 "reference_batch_size": "--batch-size", "seed": None}
+"""CollectConfig fields settable from ``refocus voyager collect`` (field -> flag)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,15 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data", required=True, metavar="QA.jsonl", help="question file (or benchmark dir)")
     c.add_argument("--reference", required=True, metavar="REF", help="reference checkpoint directory")
     c.add_argument("--out", required=True, metavar="DIR", help="collection directory")
-    c.add_argument("--combination-size", type=int, default=4, metavar="T", help="frames per combination (default 4)")
-    c.add_argument("--max-combinations", type=int, default=32, metavar="N",
-                   help="combinations labelled per question (default 32)")
-    c.add_argument("--clip-length", type=int, default=32, metavar="L",
-                   help="consecutive frames per clip; combinations stay inside a clip (default 32)")
+    add_field_arguments(c, CollectConfig, COLLECT_FLAGS)
     c.add_argument("--max-reference-calls", type=int, metavar="N",
                    help="cap on subsets scored in all, shared evenly over the questions")
-    c.add_argument("--batch-size", type=int, default=16, help="subsets per reference forward")
-    c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=run_collect)
 
     t = groups.add_parser("train", help="train the ranker (the ReFoCUS policy) on a collection",
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "layout: metrics.jsonl, checkpoints/ (atomic, --resume), policy/, train_summary.json.")
     t.add_argument("--data", required=True, metavar="DIR", help="directory written by `refocus voyager collect`")
     t.add_argument("--out", required=True, metavar="DIR", help="run directory")
-    t.add_argument("--config", metavar="YAML", help="VoyagerConfig overrides")
+    add_config_arguments(t, "VoyagerConfig (on top of configs/voyager.yaml)")
     t.add_argument("--reference", metavar="REF",
                    help="reference checkpoint (default: the one recorded by the collection)")
     t.add_argument("--max-steps", type=int, help="override max_steps")
@@ -53,11 +54,8 @@ def run_collect(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.cli.reference import resolve_question_file
     from refocus.voyager.collect import run_collect as collect
-    from refocus.voyager.config import CollectConfig
 
-    cfg = CollectConfig(combination_size=args.combination_size, clip_length=args.clip_length,
-                        max_combinations=args.max_combinations, reference_batch_size=args.batch_size,
-                        seed=args.seed)
+    cfg = CollectConfig(**field_values(args, COLLECT_FLAGS))
     result = collect(resolve_question_file(args.data), args.reference, Path(args.out), cfg,
                      max_reference_calls=args.max_reference_calls)
     summary(f"ranked {result.combinations} combinations of {cfg.combination_size} frames for "
@@ -68,10 +66,12 @@ def run_collect(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
+    from refocus.configuration import parse_overrides
     from refocus.voyager.train import train_voyager
 
     result = train_voyager(args.data, Path(args.out), args.config, reference=args.reference,
-                           max_steps=args.max_steps, seed=args.seed, resume=args.resume)
+                           max_steps=args.max_steps, seed=args.seed, resume=args.resume,
+                           sets=parse_overrides(args.sets))
     m = result.last_metrics
     summary(f"trained {result.steps} steps ({result.scoring} scoring): train/loss "
             f"{m.get('train/loss', float('nan')):.3f}, pair accuracy {m.get('train/pair_accuracy', float('nan')):.3f}; "

@@ -53,6 +53,7 @@ from refocus.data.evidence import (
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.selectors.base import validate_indices
+from refocus.video.config import DecodeConfig
 
 SELECTION_ONLY_SIZE = 64
 """Decode size used when neither an answerer nor the selector asks for a size."""
@@ -94,8 +95,8 @@ def evaluate(
     seeds: int | Sequence[int] = 3,
     *,
     store: Any = None,
-    fps: float = 4.0,
-    max_frames: int = 512,
+    fps: float = DecodeConfig.fps,
+    max_frames: int = DecodeConfig.max_frames,
     progress: bool = True,
     generate: Any = None,
 ) -> dict:

@@ -1,6 +1,6 @@
 """Reward-variance filtering of training questions (paper §3.1, Appendix A).
 
-For each question: decode (<= 4 fps, <= 512 frames), build the 16 probe subsets (8
+For each question: decode (``FilterConfig.decode``, the paper's rate and frame cap), build the 16 probe subsets (8
 overlapping windows and their complements, k frames uniformly from each), score them with the
 reference model, and keep the question if the population variance of the 16 margins exceeds
 tau. Questions whose answer does not depend on which frames are shown have flat margins.
@@ -16,18 +16,28 @@ import numpy as np
 from refocus.data.questions import QAItem, write_questions
 from refocus.errors import RefocusError
 from refocus.filtering.windows import filter_subsets, reward_variance
+from refocus.video.config import DecodeConfig
 
 
 @dataclass
 class FilterConfig:
     tau: float = 0.21
-    """Keep items with Var(m) > tau (Appendix A)."""
+    """Keep items with Var(m) > tau, the variance of the 16 probe margins (Appendix A: 0.21)."""
     frames_per_subset: int = 32
     """k frames uniformly sampled from each window / complement (Appendix A: 32)."""
     window_rule: str = "quarter"
     """'quarter' (w = ceil(T/4), consistent with W8) or 'paper_printed' (w = ceil(T/8))."""
-    fps: float = 4.0
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (rate and frame cap; the size is the model's)."""
+
+    def __post_init__(self) -> None:
+        self.decode = DecodeConfig.coerce(self.decode)
+        if self.frames_per_subset < 1:
+            raise RefocusError(f"frames_per_subset must be >= 1, got {self.frames_per_subset}")
+        if self.window_rule not in ("quarter", "paper_printed"):
+            raise RefocusError(f"window_rule must be 'quarter' or 'paper_printed', got {self.window_rule!r}")
+        if self.tau < 0:
+            raise RefocusError(f"tau is a variance threshold and must be >= 0, got {self.tau}")
 
 
 @dataclass
@@ -66,7 +76,7 @@ def run_filter(items: list[QAItem], reference, cfg: FilterConfig, progress: bool
     records: list[tuple[int, tuple[QAItem, dict | None, str | None]]] = []
     for index, item in tqdm(shard(items), desc="filter", disable=not (progress and is_main_process())):
         try:
-            video = load_video(item.video, fps=cfg.fps, max_frames=cfg.max_frames, size=reference.image_size)
+            video = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames, size=reference.image_size)
         except RefocusError as exc:
             records.append((index, (item, None, str(exc))))
             continue

@@ -199,7 +199,10 @@ def mamba_ssm_config(config: dict[str, Any], where: str) -> dict[str, Any]:
     """A `Mamba2Config` dict from a mamba_ssm config.json (``d_model``, ``n_layer``, ``ssm_cfg``)."""
     ssm = {**_MAMBA_SSM_DEFAULTS, **(config.get("ssm_cfg") or {})}
     checks = {
-        "ssm_cfg.layer": (ssm.get("layer", "Mamba2") == "Mamba2", "only Mamba2 layers"),
+        # mamba_ssm's create_block builds Mamba1 when ssm_cfg names no layer
+        "ssm_cfg.layer": (ssm.get("layer", "Mamba1") == "Mamba2", "only Mamba2 layers"),
+        "ssm_cfg.d_ssm": (ssm.get("d_ssm") in (None, int(ssm["expand"]) * int(config["d_model"])),
+                          "the SSM on all expand * d_model channels"),
         "d_intermediate": (not config.get("d_intermediate"), "no MLP blocks"),
         "attn_layer_idx": (not config.get("attn_layer_idx"), "no attention layers"),
         "rms_norm": (config.get("rms_norm", True), "RMSNorm"),

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refocus.errors import RefocusError
+from refocus.errors import ConfigError, RefocusError
 
 TOWER = "mm_model.vision_tower.vision_tower.vision_model."
 PROJECTOR = "mm_model.mm_projector."
@@ -148,31 +148,15 @@ def read_source_config(src: Path) -> dict:
 
 
 def load_source_tensors(src: Path) -> dict:
-    """All tensors of the checkpoint, float32: safetensors or PyTorch weights, sharded or not."""
-    import torch
+    """All tensors of the checkpoint as float32 (:class:`refocus.policy.build.Checkpoint`:
+    safetensors, sharded or not, or PyTorch weights)."""
+    from refocus.policy.build import Checkpoint
 
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        index = src / index_name
-        files = ([src / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-                 if index.is_file() else [src / single] if (src / single).is_file() else [])
-        if files:
-            break
-    else:
-        raise RefocusError(f"{src}: no model.safetensors or pytorch_model.bin; {EXPECTED}")
-    tensors: dict = {}
-    for path in files:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            part = load_file(str(path))
-        else:
-            part = torch.load(path, map_location="cpu", weights_only=True)
-            part = part.get("state_dict", part) if isinstance(part, dict) else part
-        if not isinstance(part, dict):
-            raise RefocusError(f"{path}: not a state dict; {EXPECTED}")
-        tensors.update({k: v.float() for k, v in part.items()})
-    return tensors
+    try:
+        ckpt = Checkpoint(src)
+    except ConfigError as exc:
+        raise RefocusError(f"{exc}; {EXPECTED}") from None
+    return {k: v.float() for k, v in ckpt.tensors(ckpt.keys()).items()}
 
 
 def _value(config: dict, key: str, defaults: dict, report: ImportReport, where: str = "") -> Any:
@@ -187,55 +171,32 @@ def _unsupported(what: str, got: Any, expected: str) -> RefocusError:
 
 
 def backbone_config(config: dict, tensors: dict, report: ImportReport) -> dict:
-    """transformers ``Mamba2Config`` values of their mamba_ssm ``MixerModel``."""
-    get = lambda k: _value(config, k, MAMBA_DEFAULTS, report)  # noqa: E731
-    if get("d_intermediate") not in (0, None):
-        raise _unsupported("d_intermediate (an MLP after each mixer)", config["d_intermediate"], "0")
-    if get("attn_layer_idx"):
-        raise _unsupported("attn_layer_idx (attention layers)", config["attn_layer_idx"], "[]")
-    if not get("rms_norm"):
-        raise _unsupported("rms_norm", False, "RMSNorm blocks (true)")
-    ssm = dict(get("ssm_cfg") or {})
-    if ssm.get("layer", "Mamba1") != "Mamba2":
-        raise _unsupported("ssm_cfg.layer", ssm.get("layer", "Mamba1"), "'Mamba2'")
-    s = {k: _value(ssm, k, MAMBA2_DEFAULTS, report, "ssm_cfg.") for k in MAMBA2_DEFAULTS}
-    d_model, expand = int(config["d_model"]), int(s["expand"])
-    for key, ok, expected in (("d_ssm", s["d_ssm"] in (None, expand * d_model), "None"),
-                              ("D_has_hdim", not s["D_has_hdim"], "false"),
-                              ("rmsnorm", s["rmsnorm"], "true"),
-                              ("norm_before_gate", not s["norm_before_gate"], "false")):
-        if not ok:
-            raise _unsupported(f"ssm_cfg.{key}", s[key], expected)
+    """transformers ``Mamba2Config`` values of their mamba_ssm ``MixerModel``
+    (:func:`refocus.policy.build.mamba_ssm_config`, with the embedding table's padded rows)."""
+    from refocus.policy.build import mamba_ssm_config
+
+    for key in ("d_intermediate", "vocab_size", "ssm_cfg", "attn_layer_idx", "rms_norm",
+                "residual_in_fp32", "pad_vocab_size_multiple", "tie_embeddings"):
+        _value(config, key, MAMBA_DEFAULTS, report)
+    ssm = config.get("ssm_cfg") or {}
+    for key in MAMBA2_DEFAULTS:
+        _value(ssm, key, MAMBA2_DEFAULTS, report, "ssm_cfg.")
+    backbone = mamba_ssm_config(config, "config.json")
     embedding = tensors.get("backbone.embedding.weight")
     if embedding is None:
         raise RefocusError(f"no tensor backbone.embedding.weight; {EXPECTED}")
-    vocab = int(get("vocab_size"))
-    multiple = int(get("pad_vocab_size_multiple"))
+    vocab = int(config.get("vocab_size", MAMBA_DEFAULTS["vocab_size"]))
+    multiple = int(config.get("pad_vocab_size_multiple", MAMBA_DEFAULTS["pad_vocab_size_multiple"]))
     padded = vocab + (-vocab) % multiple  # MambaLMHeadModel pads the table
-    if tuple(embedding.shape) != (padded, d_model):
+    if tuple(embedding.shape) != (padded, backbone["hidden_size"]):
         raise RefocusError(
             f"backbone.embedding.weight is {tuple(embedding.shape)}, the config gives "
-            f"({padded}, {d_model}) (vocab_size {vocab} padded to a multiple of {multiple})"
+            f"({padded}, {backbone['hidden_size']}) (vocab_size {vocab} padded to a multiple of {multiple})"
         )
-    lo, hi = s["dt_limit"]
-    return {
-        "hidden_size": d_model,
-        "num_hidden_layers": int(config["n_layer"]),
-        "vocab_size": padded,
-        "state_size": int(s["d_state"]),
-        "expand": expand,
-        "head_dim": int(s["headdim"]),
-        "num_heads": expand * d_model // int(s["headdim"]),
-        "n_groups": int(s["ngroups"]),
-        "conv_kernel": int(s["d_conv"]),
-        "chunk_size": int(s["chunk_size"]),
-        "use_bias": bool(s["bias"]),
-        "use_conv_bias": bool(s["conv_bias"]),
-        "time_step_limit": [float(lo), float(hi)],
-        "residual_in_fp32": bool(get("residual_in_fp32")),
-        "layer_norm_epsilon": 1e-5,  # MixerModel's norm_epsilon and Mamba2's gated-norm eps
-        "tie_word_embeddings": bool(get("tie_embeddings")),
-    }
+    backbone["vocab_size"] = padded
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype"):
+        backbone.pop(key, None)
+    return backbone
 
 
 def _tower_own_config(config: dict, vision_config: Path | None) -> tuple[dict, str]:

@@ -25,6 +25,7 @@ from refocus.io import write_json
 from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
 from refocus.reference.small_model import SmallReferenceConfig, option_line
+from refocus.video.config import DecodeConfig
 
 
 @dataclass
@@ -87,8 +88,8 @@ class SmallReferenceTrainConfig:
     val_subsets: int = 4
     """Subsets per held-out question for each of the with/without-evidence accuracies."""
     seed: int = 0
-    fps: float = 4.0
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (rate and frame cap; the size is the model's)."""
     model: SmallReferenceConfig = field(default_factory=SmallReferenceConfig)
 
 
@@ -362,7 +363,7 @@ def train_small_reference(
         key = str(item.video)
         if key not in videos:
             try:
-                dv = load_video(item.video, fps=cfg.fps, max_frames=cfg.max_frames, size=size)
+                dv = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames, size=size)
             except Exception as exc:  # noqa: BLE001 - reported per item, never fatal
                 skipped.append({"id": item.id, "reason": str(exc)})
                 continue

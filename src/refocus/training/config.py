@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from refocus.configuration import merge
 from refocus.errors import ConfigError
+from refocus.video.config import DecodeConfig
 
 T = TypeVar("T")
 IMPORTANCE_LEVELS = ("subset", "sequence", "token")
@@ -170,9 +172,8 @@ class GRPOConfig(TrainerConfig):
     """Use the on-disk frame cache of ``refocus.video`` (False: always decode)."""
 
     # ---- data ----------------------------------------------------------------------------
-    fps: float = 4.0
-    """Decoding rate (paper B.1: min(4 fps, 512 frames))."""
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (rate and frame cap; the size is the models')."""
     reference_batch_size: int = 16
     """Subsets per reference-model forward (bounds reward memory)."""
 
@@ -186,6 +187,7 @@ class GRPOConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.decode = DecodeConfig.coerce(self.decode)
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: advantages are relative within a group")
         if len(self.selection_sizes) != len(self.curriculum_starts) or not self.selection_sizes:
@@ -206,18 +208,19 @@ class GRPOConfig(TrainerConfig):
                 f"max_steps = {self.max_steps}, so it would never run: raise max_steps, or drop the stage "
                 f"(selection_sizes: {keep}, curriculum_starts: {self.curriculum_starts[: len(keep)]})"
             )
-        if max(self.selection_sizes) > self.max_frames:
+        if max(self.selection_sizes) > self.decode.max_frames:
             raise ConfigError(
-                f"selection size {max(self.selection_sizes)} is above max_frames = {self.max_frames}: no "
-                "video decodes that many frames; lower selection_sizes or raise max_frames"
+                f"selection size {max(self.selection_sizes)} is above decode.max_frames = "
+                f"{self.decode.max_frames}: no video decodes that many frames; lower selection_sizes "
+                "or raise decode.max_frames"
             )
         if self.beta != 0.0:
             raise ConfigError(
                 f"beta = {self.beta} needs a frozen reference policy for the KL term, and the trainer "
                 "has none (the paper trains without one, §3.2: no SFT policy exists); set beta: 0"
             )
-        if self.fps <= 0 or self.max_frames < 1 or self.reference_batch_size < 1:
-            raise ConfigError("fps, max_frames and reference_batch_size must be positive")
+        if self.reference_batch_size < 1:
+            raise ConfigError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
         if self.max_consecutive_nonfinite < 1:
             raise ConfigError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}")
         if self.scale_rewards not in ("group", "batch", "none"):
@@ -255,39 +258,84 @@ class GRPOConfig(TrainerConfig):
         return k
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> GRPOConfig:
-    """Defaults, then the YAML file's fields, then ``overrides`` (None values ignored)."""
-    return load_dataclass_config(GRPOConfig, path, **overrides)
+def load_config(path: str | Path | None = None, sets: dict[str, Any] | None = None, **overrides: Any) -> GRPOConfig:
+    """Defaults, then the YAML file's fields, then ``sets`` (``--set``), then ``overrides``
+    (None values ignored)."""
+    return load_dataclass_config(GRPOConfig, path, sets=sets, **overrides)
 
 
-def resolve_config(config: Any, load: Callable[..., T], cls: type[T], **overrides: Any) -> T:
-    """The run's config from a config object, a YAML path or None (``load(path, **overrides)``);
-    ``overrides`` (None values ignored) apply to a config object too, re-validated."""
+def resolve_config(
+    config: Any, load: Callable[..., T], cls: type[T], sets: dict[str, Any] | None = None, **overrides: Any
+) -> T:
+    """The run's config from a config object, a YAML path or None (``load(path, sets=...,
+    **overrides)``); ``sets`` (``--set``) and ``overrides`` (None values ignored) apply to a
+    config object too, re-validated."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(config, cls):
+        if sets:
+            _check_known(cls, sets, "--set")
+            config = cls(**_nested(cls, merge(config.to_dict(), sets)))
         return dataclasses.replace(config, **given) if given else config
-    return load(config, **given)
+    return load(config, sets=sets, **given)
 
 
 def load_dataclass_config(
-    cls: type[T], path: str | Path | None = None, *, base: str | Path | None = None, **overrides: Any
+    cls: type[T],
+    path: str | Path | None = None,
+    *,
+    base: str | Path | None = None,
+    sets: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> T:
     """Build the config dataclass ``cls`` from its defaults, the YAML file ``base`` (a shipped
-    setting), the YAML file ``path``, then keyword overrides (None values ignored); unknown
-    fields are an error naming the file."""
+    setting), the YAML file ``path``, ``sets`` (``--set key=value`` as a nested mapping; these
+    three merge mapping fields key by key), then keyword overrides (None values ignored,
+    replacing whole fields); unknown fields are an error naming the file."""
     values: dict[str, Any] = {}
     for source in (base, path):
         if source is not None:
-            values.update(_read_yaml_fields(cls, Path(source)))
+            values = merge(values, _read_yaml_fields(cls, Path(source)))
+    if sets:
+        _check_known(cls, sets, "--set")
+        values = merge(values, _dataclass_defaults_of(cls, sets))
+        values = merge(values, sets)
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(cls, values, None)
     try:
-        return cls(**values)
+        return cls(**_nested(cls, values))
     except ConfigError as exc:  # a bad value: name the file it came from
         named = path if path is not None else base
         if named is None or str(exc).startswith(str(named)):
             raise
         raise ConfigError(f"{named}: {exc}") from None
+
+
+def _nested(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Mappings given for nested config fields (``decode:``) built into their dataclass."""
+    out = dict(values)
+    for f in fields(cls):
+        if isinstance(out.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                try:
+                    out[f.name] = type(default)(**out[f.name])
+                except TypeError as exc:
+                    raise ConfigError(f"{f.name}: {exc}") from None
+    return out
+
+
+def _dataclass_defaults_of(cls: type, sets: dict[str, Any]) -> dict[str, Any]:
+    """For ``--set decode.fps=2``: the defaults of the nested field, so the merge keeps the
+    nested fields that were not set."""
+    out = {}
+    for f in fields(cls):
+        if f.name in sets and isinstance(sets[f.name], dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                out[f.name] = asdict(default)
+            elif isinstance(default, dict):
+                out[f.name] = default
+    return out
 
 
 def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
@@ -305,7 +353,7 @@ def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _check_known(cls: type, values: dict[str, Any], path: Path | None) -> None:
+def _check_known(cls: type, values: dict[str, Any], path: Path | str | None) -> None:
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
         import difflib

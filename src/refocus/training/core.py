@@ -107,7 +107,7 @@ class PolicyTrainer:
 
     items: the training questions. reference: the loaded reference model whose vision tower
     and tokenizer a new policy uses (may be None with ``cfg.init_policy``). frames: the
-    decoding store (default: ``cfg.fps`` / ``cfg.max_frames``).
+    decoding store.
     """
 
     desc = "train"

@@ -21,6 +21,7 @@ def train_policy(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    sets: dict | None = None,
     device: str | None = "auto",
     dtype: str | None = "auto",
 ) -> TrainResult:
@@ -34,7 +35,7 @@ def train_policy(
     from refocus.distributed import placement
     from refocus.reference import load_reference
 
-    cfg = resolve_config(config, load_config, GRPOConfig, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(config, load_config, GRPOConfig, sets, max_steps=max_steps, seed=seed)
     out_dir = Path(out_dir)
     errors: list = []
     items = load_questions(data, errors=errors)

@@ -76,7 +76,7 @@ class GRPOTrainer(PolicyTrainer):
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.reference_calls = 0
-        frames = FrameStore(cfg.fps, cfg.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
+        frames = FrameStore(cfg.decode.fps, cfg.decode.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
                             disk_cache=cfg.frame_disk_cache)
         super().__init__(cfg, items, reference, out_dir, frames=frames, resume=resume, progress=progress)
         self.policy.prefix_segment_frames = cfg.prefix_segment_frames

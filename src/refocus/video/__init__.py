@@ -1,7 +1,7 @@
 """Video ingest: decode frames by presentation time, with pluggable backends and a disk cache.
 
-``load_video(path)`` samples at 4 fps (at most 512 frames, evenly spread when capped), resizes
-to 224 x 224 RGB and returns a :class:`DecodedVideo` whose ``timestamps`` are the real
+``load_video(path)`` samples at the rate of :class:`refocus.video.config.DecodeConfig` (at
+most its ``max_frames``, evenly spread when capped), resizes to its square ``size`` RGB and returns a :class:`DecodedVideo` whose ``timestamps`` are the real
 ``pts * time_base`` of the frames returned. The exact sampling rule is in
 :mod:`refocus.video.sampling`. Backends are imported lazily, so ``import refocus.video`` does
 not load PyAV, decord or torch.
@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 
 from refocus.errors import ConfigError
+from refocus.video.config import DecodeConfig
 from refocus.video.types import DecodedVideo
 
 __all__ = ["BACKENDS", "DecodedVideo", "available_backends", "load_video"]
@@ -59,8 +60,8 @@ def _backend(name: str) -> Callable[..., DecodedVideo]:
     return getattr(module, BACKENDS[name][1])
 
 
-def load_video(path: str | os.PathLike, fps: float = 4.0, max_frames: int = 512,
-               size: int = 224, backend: str = "pyav", cache: bool = True,
+def load_video(path: str | os.PathLike, fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames,
+               size: int = DecodeConfig.size, backend: str = "pyav", cache: bool = True,
                autorotate: bool = True) -> DecodedVideo:
     """Decode ``path`` into at most ``max_frames`` frames sampled at ``fps`` by presentation time.
 

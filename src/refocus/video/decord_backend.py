@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from refocus.errors import VideoError
+from refocus.video.orientation import reorient_turned
 from refocus.video.probe import describe, probe_orientation, probe_video
 from refocus.video.sampling import sampling_plan, select_frames, target_times
 from refocus.video.types import DecodedVideo
@@ -61,10 +62,7 @@ def decode_decord(path: str | os.PathLike, fps: float, max_frames: int, size: in
     except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
         raise VideoError(path, f"decord cannot decode ({describe(exc)}); the pyav backend "
                          "decodes past damage and reads raw streams") from exc
-    if orient.rotation:  # undo decord's own clockwise turn by the matrix' angle
-        frames = np.stack([np.rot90(f, k=orient.rotation // 90) for f in frames])
-    if autorotate and orient.ops:
-        frames = np.stack([orient.apply(f) for f in frames])
+    frames = reorient_turned(frames, orient, autorotate)
     width, height = orient.display_size(info.width, info.height) if autorotate else (info.width, info.height)
     return DecodedVideo(
         path=os.fspath(path),

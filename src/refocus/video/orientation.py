@@ -103,6 +103,19 @@ def orientation_from_matrix(matrix: tuple[int, ...] | None) -> Orientation:
     return Orientation(0, ("vflip",) if m4 < 0 else ())
 
 
+def reorient_turned(frames: np.ndarray, orient: Orientation, autorotate: bool) -> np.ndarray:
+    """Frames (T, S, S, 3) that a decoder already turned by the display matrix' angle alone
+    (decord 0.6 and torchcodec 0.13 do, ignoring its mirroring): undo that clockwise turn,
+    then apply the matrix as ffmpeg does, or keep the stored pictures (``autorotate=False``)."""
+    if not orient.rotation and not (autorotate and orient.ops):
+        return frames
+    out = []
+    for frame in frames:
+        stored = np.rot90(frame, k=orient.rotation // 90)  # counter-clockwise: the undo
+        out.append(orient.apply(stored) if autorotate else stored)
+    return np.ascontiguousarray(np.stack(out))
+
+
 def frame_orientation(frame) -> Orientation:
     """The orientation of one decoded PyAV frame (its DISPLAYMATRIX side data)."""
     from av.sidedata.sidedata import Type

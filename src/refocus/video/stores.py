@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refocus.data.questions import QAItem
+from refocus.video.config import DecodeConfig
 
 
 @dataclass
@@ -60,7 +61,7 @@ class FrameStore:
     eviction cheap.
     """
 
-    def __init__(self, fps: float = 4.0, max_frames: int = 512, capacity: int | None = 4096,
+    def __init__(self, fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames, capacity: int | None = 4096,
                  max_gb: float | None = None, disk_cache: bool = True) -> None:
         self.fps = fps
         self.max_frames = max_frames

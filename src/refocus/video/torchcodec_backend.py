@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from refocus.errors import VideoError
+from refocus.video.orientation import reorient_turned
 from refocus.video.probe import describe, probe_orientation, probe_video
 from refocus.video.sampling import EPS, sampling_plan, target_times
 from refocus.video.types import DecodedVideo
@@ -21,7 +22,10 @@ def decode_torchcodec(path: str | os.PathLike, fps: float, max_frames: int,
                       size: int, autorotate: bool = True) -> DecodedVideo:
     """Decode ``path`` with torchcodec, sampling by presentation time like the PyAV backend.
 
-    The display matrix is read with PyAV and applied to torchcodec's stored-orientation frames.
+    torchcodec turns frames by the display matrix' angle and ignores its mirroring; that turn
+    is undone and the matrix applied as ffmpeg does (read with PyAV). Files it cannot decode
+    (AVI with B-frames, damaged packets, raw H.264/HEVC, negative starts) raise
+    :class:`VideoError` naming the pyav backend.
     """
     from torchcodec.decoders import VideoDecoder
     from torchcodec.transforms import Resize
@@ -44,11 +48,11 @@ def decode_torchcodec(path: str | os.PathLike, fps: float, max_frames: int,
     except VideoError:
         raise
     except Exception as exc:  # torchcodec raises RuntimeError / ValueError from its C++ core
-        raise VideoError(path, f"torchcodec cannot decode ({describe(exc)})") from exc
+        raise VideoError(path, f"torchcodec cannot decode ({describe(exc)}); the pyav backend "
+                         "decodes past damage and reads raw streams and AVI B-frames") from exc
     if frames.shape[0] == 0:
         raise VideoError(path, "no decodable video frames")
-    if autorotate and orient.ops:
-        frames = np.stack([orient.apply(f) for f in frames])
+    frames = reorient_turned(frames, orient, autorotate)
     width, height = orient.display_size(info.width, info.height) if autorotate else (info.width, info.height)
     return DecodedVideo(
         path=os.fspath(path),

@@ -1,6 +1,6 @@
 """Frame-Voyager data collection: rank T-frame combinations by the reference model's loss.
 
-For each question the video is decoded (min(4 fps, 512 frames), at the reference model's image
+For each question the video is decoded (``CollectConfig.decode``, at the reference model's image
 size) and cut into clips of ``clip_length`` consecutive frames; combinations of T frames are
 drawn inside clips (all of them when the clips hold at most ``max_combinations``, otherwise
 round robin over the clips in a random order, distinct combinations each), and ALL of a
@@ -205,7 +205,7 @@ def collect_rankings(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_time = time.perf_counter()
-    store = FrameStore(cfg.fps, cfg.max_frames, capacity=4)
+    store = FrameStore(cfg.decode.fps, cfg.decode.max_frames, capacity=4)
     size = int(reference.image_size)
     kept: list[QAItem] = []
     skipped: list[dict] = []

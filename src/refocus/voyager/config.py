@@ -8,12 +8,13 @@ YAML files only override fields of :class:`VoyagerConfig`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refocus.errors import ConfigError
 from refocus.training.config import TrainerConfig, load_dataclass_config, packaged_config
+from refocus.video.config import DecodeConfig
 
 SCORINGS = ("set", "sequence")
 VOYAGER_FILE = "voyager.json"
@@ -33,15 +34,15 @@ class CollectConfig:
     max_combinations: int = 32
     """Cap on combinations labelled per question (= reference-model calls per question).
     When a question's clips hold fewer combinations, all of them are labelled."""
-    fps: float = 4.0
-    """Decoding rate (same rule as training: min(4 fps, max_frames))."""
-    max_frames: int = 512
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How videos are decoded (same rule as training; the size is the reference model's)."""
     reference_batch_size: int = 16
     """Subsets per reference-model forward (bounds memory; frame reuse spans the whole call)."""
     seed: int = 0
     """Mixed with each question id, so a question's combinations do not depend on the others."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", DecodeConfig.coerce(self.decode))
         if self.combination_size < 1:
             raise ConfigError(f"combination_size must be >= 1, got {self.combination_size}")
         if self.clip_length < self.combination_size:
@@ -50,8 +51,8 @@ class CollectConfig:
             )
         if self.max_combinations < 2:
             raise ConfigError(f"max_combinations must be >= 2 (a ranking needs pairs), got {self.max_combinations}")
-        if self.fps <= 0 or self.max_frames < 1 or self.reference_batch_size < 1:
-            raise ConfigError("fps, max_frames and reference_batch_size must be positive")
+        if self.reference_batch_size < 1:
+            raise ConfigError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +104,8 @@ class VoyagerConfig(TrainerConfig):
             raise ConfigError(f"min_loss_gap must be >= 0, got {self.min_loss_gap}")
 
 
-def load_voyager_config(path: str | Path | None = None, **overrides: Any) -> VoyagerConfig:
+def load_voyager_config(path: str | Path | None = None, sets: dict[str, Any] | None = None,
+                        **overrides: Any) -> VoyagerConfig:
     """``configs/voyager.yaml`` (the CPU setting), then the YAML file's fields, then
     ``overrides`` (None values ignored)."""
-    return load_dataclass_config(VoyagerConfig, path, base=packaged_config("voyager"), **overrides)
+    return load_dataclass_config(VoyagerConfig, path, base=packaged_config("voyager"), sets=sets, **overrides)

@@ -79,7 +79,7 @@ class VoyagerTrainer(PolicyTrainer):
         self.num_frames = [int(r["num_frames"]) for r in rankings]
         self.collect_summary = collect_summary
         collect_cfg = CollectConfig(**collect_summary.get("config", {}))
-        super().__init__(cfg, items, reference, out_dir, frames=FrameStore(collect_cfg.fps, collect_cfg.max_frames),
+        super().__init__(cfg, items, reference, out_dir, frames=FrameStore(collect_cfg.decode.fps, collect_cfg.decode.max_frames),
                          resume=resume, progress=progress)
         if self.world > 1:  # the ranking scores call the policy's methods, outside DDP's forward
             raise RefocusError("Frame-Voyager training runs in one process; launch it without accelerate")
@@ -215,6 +215,7 @@ def train_voyager(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    sets: dict | None = None,
 ) -> VoyagerTrainResult:
     """Train a ranker on the collection in ``data_dir``; write ``out_dir`` (as ``refocus train``).
 
@@ -226,7 +227,7 @@ def train_voyager(
     from refocus.reference import load_reference
     from refocus.voyager.collect import load_rankings
 
-    cfg = resolve_config(config, load_voyager_config, VoyagerConfig, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(config, load_voyager_config, VoyagerConfig, sets, max_steps=max_steps, seed=seed)
     items, rankings, summary = load_rankings(data_dir)
     if not items:
         raise RefocusError(f"{data_dir}: the collection has no ranked question")
