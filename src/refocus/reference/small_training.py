@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,32 @@ class _Video:
     frames: np.ndarray  # (T, S, S, 3) uint8
     evidence_mask: np.ndarray  # (T,) bool
     spans: list[np.ndarray]  # frame indices per evidence span
+    objects: list[tuple[str, str] | None] = field(default_factory=list)
+    """Per decoded frame, the (colour, shape) of the object shown, or None (haystack only);
+    empty when the item does not describe its objects (real benchmarks)."""
+
+
+def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
+    """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown.
+
+    ``query`` and ``multi`` items list their events (``meta["events"]``: colour, shape, first
+    and last source frame), ``niah`` items their needle (``needle_frames``, ``color``,
+    ``shape``). A decoded frame at time t is source frame ``round(t * meta["fps"])``.
+    """
+    meta = item.meta
+    if "events" in meta:
+        events = [((e["color"], e["shape"]), e["frames"]) for e in meta["events"]]
+    elif {"needle_frames", "color", "shape"} <= set(meta):
+        events = [((meta["color"], meta["shape"]), meta["needle_frames"])]
+    else:
+        return []
+    fps = float(meta.get("fps", 4.0))
+    source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
+    out: list[tuple[str, str] | None] = [None] * len(source)
+    for obj, (first, last) in events:
+        for i in np.flatnonzero((source >= first) & (source <= last)):
+            out[int(i)] = obj
+    return out
 
 
 def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
@@ -248,9 +275,9 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     return read + name
 
 
-def _frame_words(item: QAItem, needle: bool) -> list[str]:
-    """The words a frame stands for in stage 1: the needle's colour and shape, or "clutter"."""
-    return [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+def _frame_words(obj: tuple[str, str] | None) -> list[str]:
+    """The words a frame stands for in stage 1: its object's colour and shape, or "clutter"."""
+    return ["clutter"] if obj is None else [obj[0], obj[1]]
 
 
 def _frame_word_ids(word_ids: dict[str, int], words: list[str], tokens: int) -> list[int]:
@@ -288,27 +315,28 @@ def compose_option_embeddings(model, tokenizer) -> int:
     return count
 
 
-def _describable(item: QAItem) -> bool:
-    return "color" in item.meta and "shape" in item.meta and item.category in ("needle_color", "needle_shape")
+def _describable(item: QAItem, video: _Video) -> bool:
+    """Whether stage 1 and 2 can use the item: its frames' objects are known."""
+    return any(o is not None for o in video.objects)
 
 
-def _pseudo_forward(model, prompts, word_ids, batch, kinds, tokens: int, rng: np.random.Generator):
+def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
-    The image placeholders are replaced by the ids of the words the frame stands for, so the
-    language model embeds them itself: one embedding lookup for the whole batch.
+    ``batch``: (item, the objects of its K chosen frames). The image placeholders are replaced
+    by the ids of the words each frame stands for, so the language model embeds them itself:
+    one embedding lookup for the whole batch.
     """
-    encoded = [prompts.encode(item, k) for item, k in batch]
+    encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
     tok = prompts.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
     input_ids = torch.full((len(batch), L), tok.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(batch), L), dtype=torch.long)
     option_pos = []
-    for i, ((item, k), (ids, ends), kind) in enumerate(zip(batch, encoded, kinds, strict=True)):
+    for i, ((_, objs), (ids, ends)) in enumerate(zip(batch, encoded, strict=True)):
         off = L - len(ids)
-        needle_at = int(rng.integers(k)) if kind == "positive" else -1
-        frames = [_frame_word_ids(word_ids, _frame_words(item, j == needle_at), tokens) for j in range(k)]
+        frames = [_frame_word_ids(word_ids, _frame_words(o), tokens) for o in objs]
         row = torch.tensor(ids)
         row[row == image_id] = torch.tensor([t for f in frames for t in f])
         input_ids[i, off:] = row
@@ -333,6 +361,162 @@ def _masked_option_logits(logits: torch.Tensor, items: list[QAItem]) -> torch.Te
     return logits.masked_fill(invalid, float("-inf"))
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the small reference model's training."""
+
+    name: str
+    step: Callable[[], tuple[torch.Tensor, float]]
+    """One optimiser step's loss and training accuracy (nan where there is none)."""
+    steps: int
+    lr: float
+    vision_only: bool = False
+    """Train only the vision tower and the projector."""
+    tower_frozen: bool = False
+    """Freeze the vision tower (eval mode, no gradients) from this stage on."""
+
+
+def _decode_items(items: list[QAItem], cfg: SmallReferenceTrainConfig, progress: bool):
+    """Decoded videos by path, the questions usable for training (decodable, with evidence), skipped."""
+    from tqdm.auto import tqdm
+
+    from refocus.video import load_video
+
+    videos: dict[str, _Video] = {}
+    usable: list[QAItem] = []
+    skipped: list[dict] = []
+    for item in tqdm(items, desc="decode", disable=not progress):
+        key = str(item.video)
+        if key not in videos:
+            try:
+                dv = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames,
+                                size=cfg.model.image_size)
+            except Exception as exc:  # noqa: BLE001 - reported per item, never fatal
+                skipped.append({"id": item.id, "reason": str(exc)})
+                continue
+            mask = evidence_frame_mask(dv.timestamps, item.evidence)
+            if mask is None:
+                mask = np.zeros(len(dv.frames), dtype=bool)
+            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence),
+                                 frame_objects(item, dv.timestamps))
+        if not item.evidence:
+            skipped.append({"id": item.id, "reason": "no evidence spans"})
+            continue
+        usable.append(item)
+    if not usable:
+        from refocus.errors import RefocusError
+
+        raise RefocusError("no usable training questions (need decodable videos with evidence spans)")
+    return videos, usable, skipped
+
+
+class _StageSteps:
+    """The model, data and random state the three stages share; one method per stage."""
+
+    KINDS = ("positive", "partial", "negative")
+
+    def __init__(self, model, processor, tokenizer, cfg: SmallReferenceTrainConfig, rng: np.random.Generator,
+                 videos: dict[str, _Video], train_items: list[QAItem]) -> None:
+        self.model, self.cfg, self.rng, self.videos, self.train_items = model, cfg, rng, videos, train_items
+        self.prompts = _PromptCache(processor, cfg.model.tokens_per_image)
+        self.letter_ids = _letter_ids(tokenizer)
+        self.answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
+        p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
+        kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
+        self.kind_p = kind_p / kind_p.sum()
+        self.tokens = self.prompts.tokens_per_image
+        self.described = [it for it in train_items if _describable(it, videos[str(it.video)])]
+        words = ["clutter", *sorted({w for it in self.described for o in videos[str(it.video)].objects if o for w in o}
+                                    | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
+        self.word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
+        self.paste_colours = [c for c in COLORS if c in self.word_ids]
+        self.paste_shapes = [s for s in SHAPES if s in self.word_ids]
+        self.object_frames = [(str(it.video), i) for it in self.described
+                              for i, o in enumerate(videos[str(it.video)].objects) if o is not None]
+
+    def stages(self) -> list[Stage]:
+        cfg = self.cfg
+        return [
+            Stage("align", self.align_step, cfg.align_steps if self.described else 0, cfg.lr),
+            Stage("vision", self.vision_step, cfg.vision_steps if self.object_frames else 0, cfg.vision_lr,
+                  vision_only=True),
+            Stage("joint", self.joint_step, cfg.steps, cfg.joint_lr, tower_frozen=not cfg.joint_trains_vision),
+        ]
+
+    def draw_batch(self, pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
+        rng, cfg = self.rng, self.cfg
+        k = int(rng.choice(cfg.frames_per_example))
+        items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
+        return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
+
+    def answer_loss(self, hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
+        logits = _masked_option_logits(self.model.lm_head(hidden[:, -1]).float()[:, self.letter_ids], items_)
+        target = torch.tensor([it.answer_index for it in items_])
+        loss = F.cross_entropy(logits, target)
+        if self.cfg.aux_weight:
+            loss = loss + self.cfg.aux_weight * _aux_losses(self.model, hidden, option_pos, items_, kinds_,
+                                                           self.letter_ids, self.answer_vocab)
+        return loss, (logits.argmax(-1) == target).float().mean().item()
+
+    def align_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 1: the language model learns to answer from frames given as words."""
+        k, items_, kinds_ = self.draw_batch(self.described)
+        batch = []
+        for it, kind in zip(items_, kinds_, strict=True):
+            v = self.videos[str(it.video)]
+            batch.append((it, [v.objects[i] for i in sample_subset(self.rng, v, k, kind)]))
+        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
+        return self.answer_loss(hidden, option_pos, items_, kinds_)
+
+    def vision_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 2: the vision tower and projector learn to say those words from pixels."""
+        rng, cfg, videos = self.rng, self.cfg, self.videos
+        n_hay = cfg.vision_batch_size // 4
+        n_needle = cfg.vision_batch_size - n_hay
+        n_paste = int(round(cfg.paste_fraction * n_needle)) if self.paste_colours and self.paste_shapes else 0
+        picks = [self.object_frames[i] for i in rng.integers(0, len(self.object_frames), n_needle - n_paste)]
+        hay = []
+        for i in rng.integers(0, len(self.described), n_hay + n_paste):
+            v = videos[str(self.described[i].video)]
+            pool = [j for j, o in enumerate(v.objects) if o is None]
+            hay.append(v.frames[int(rng.choice(pool)) if pool else 0])
+        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), self.paste_colours, self.paste_shapes) \
+            if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
+        frames = np.concatenate([np.stack([videos[key].frames[i] for key, i in picks]), pasted,
+                                 np.stack(hay[:n_hay])])
+        colours = [videos[key].objects[i][0] for key, i in picks] + p_colours + [None] * n_hay
+        shapes = [videos[key].objects[i][1] for key, i in picks] + p_shapes + [None] * n_hay
+        frames = dihedral_shift(rng, frames)
+        frames, colours = permute_channels(rng, frames, colours)
+        with torch.no_grad():
+            target = torch.stack([
+                _word_frame_embeddings(self.model, self.word_ids, ["clutter"] if c is None else [c, s], self.tokens)
+                for c, s in zip(colours, shapes, strict=True)])
+        pred = _image_tokens(self.model, pixel_values_from_frames(frames))
+        return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
+
+    def joint_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision)."""
+        k, items_, kinds_ = self.draw_batch(self.train_items)
+        batch = []
+        for it, kind in zip(items_, kinds_, strict=True):
+            v = self.videos[str(it.video)]
+            batch.append((it, v.frames[sample_subset(self.rng, v, k, kind)]))
+        hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
+        return self.answer_loss(hidden, option_pos, items_, kinds_)
+
+
+def _run_stage(model, stage: Stage, cfg: SmallReferenceTrainConfig, history: list[dict], progress: bool) -> None:
+    if stage.tower_frozen:
+        # Batch norm keeps its running statistics, and no gradients flow into the tower
+        # (LeViT caches its attention biases in eval mode; with gradients on, that cache
+        # would tie every step's graph to the first one's).
+        model.model.vision_tower.eval().requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if p.requires_grad
+              and (not stage.vision_only or "vision_tower" in n or "multi_modal_projector" in n)]
+    _optimise(stage.name, stage.step, params, stage.steps, stage.lr, cfg, history, progress)
+
+
 def train_small_reference(
     items: list[QAItem],
     out_dir: str | Path,
@@ -343,42 +527,15 @@ def train_small_reference(
 
     Returns the summary written to ``out_dir/reference_train.json``.
     """
-    from tqdm.auto import tqdm
-
     from refocus.reference.small_model import build_small_reference, train_tokenizer
     from refocus.seeding import seed_everything
-    from refocus.video import load_video
 
     cfg = config or SmallReferenceTrainConfig()
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out_dir = Path(out_dir)
     t0 = time.time()
-
-    videos: dict[str, _Video] = {}
-    usable: list[QAItem] = []
-    skipped: list[dict] = []
-    size = cfg.model.image_size
-    for item in tqdm(items, desc="decode", disable=not progress):
-        key = str(item.video)
-        if key not in videos:
-            try:
-                dv = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames, size=size)
-            except Exception as exc:  # noqa: BLE001 - reported per item, never fatal
-                skipped.append({"id": item.id, "reason": str(exc)})
-                continue
-            mask = evidence_frame_mask(dv.timestamps, item.evidence)
-            if mask is None:
-                mask = np.zeros(len(dv.frames), dtype=bool)
-            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence))
-        if not item.evidence:
-            skipped.append({"id": item.id, "reason": "no evidence spans"})
-            continue
-        usable.append(item)
-    if not usable:
-        from refocus.errors import RefocusError
-
-        raise RefocusError("no usable training questions (need decodable videos with evidence spans)")
+    videos, usable, skipped = _decode_items(items, cfg, progress)
     train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
     val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
 
@@ -387,101 +544,16 @@ def train_small_reference(
     if cfg.compose_option_embeddings:
         compose_option_embeddings(model, tokenizer)
     model.train()
-    prompts = _PromptCache(processor, cfg.model.tokens_per_image)
-    letter_ids = _letter_ids(tokenizer)
-    answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
-
-    kinds = ["positive", "partial", "negative"]
-    p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
-    kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
-    kind_p = kind_p / kind_p.sum()
-    tokens = prompts.tokens_per_image
-    described = [it for it in train_items if _describable(it)]
-    words = ["clutter", *sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])}
-                                | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
-    word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
-    paste_colours = [c for c in COLORS if c in word_ids]
-    paste_shapes = [s for s in SHAPES if s in word_ids]
+    steps = _StageSteps(model, processor, tokenizer, cfg, rng, videos, train_items)
     history: list[dict] = []
-
-    def draw_batch(pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
-        k = int(rng.choice(cfg.frames_per_example))
-        items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
-        return k, items_, [kinds[int(rng.choice(3, p=kind_p))] for _ in items_]
-
-    def answer_loss(hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
-        logits = _masked_option_logits(model.lm_head(hidden[:, -1]).float()[:, letter_ids], items_)
-        target = torch.tensor([it.answer_index for it in items_])
-        loss = F.cross_entropy(logits, target)
-        if cfg.aux_weight:
-            loss = loss + cfg.aux_weight * _aux_losses(model, hidden, option_pos, items_, kinds_,
-                                                      letter_ids, answer_vocab)
-        return loss, (logits.argmax(-1) == target).float().mean().item()
-
-    # Stage 1: the language model learns to answer from frames given as words.
-    def align_step() -> tuple[torch.Tensor, float]:
-        k, items_, kinds_ = draw_batch(described)
-        kinds_ = ["negative" if kd == "negative" else "positive" for kd in kinds_]
-        hidden, option_pos = _pseudo_forward(model, prompts, word_ids, [(it, k) for it in items_], kinds_, tokens, rng)
-        return answer_loss(hidden, option_pos, items_, kinds_)
-
-    # Stage 2: the vision tower and projector learn to say those words from pixels.
-    needle_frames = [(it, i) for it in described for i in videos[str(it.video)].spans[0]] if described else []
-
-    def vision_step() -> tuple[torch.Tensor, float]:
-        n_hay = cfg.vision_batch_size // 4
-        n_needle = cfg.vision_batch_size - n_hay
-        n_paste = int(round(cfg.paste_fraction * n_needle)) if paste_colours and paste_shapes else 0
-        picks = [needle_frames[i] for i in rng.integers(0, len(needle_frames), n_needle - n_paste)]
-        hay = []
-        for i in rng.integers(0, len(described), n_hay + n_paste):
-            v = videos[str(described[i].video)]
-            pool = np.flatnonzero(~v.evidence_mask)
-            hay.append(v.frames[int(rng.choice(pool)) if len(pool) else 0])
-        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), paste_colours, paste_shapes) \
-            if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
-        frames = np.concatenate([np.stack([videos[str(it.video)].frames[i] for it, i in picks]), pasted,
-                                 np.stack(hay[:n_hay])])
-        colours = [it.meta["color"] for it, _ in picks] + p_colours + [None] * n_hay
-        shapes = [it.meta["shape"] for it, _ in picks] + p_shapes + [None] * n_hay
-        frames = dihedral_shift(rng, frames)
-        frames, colours = permute_channels(rng, frames, colours)
-        with torch.no_grad():
-            target = torch.stack([_word_frame_embeddings(model, word_ids, ["clutter"] if c is None else [c, s], tokens)
-                                  for c, s in zip(colours, shapes, strict=True)])
-        pred = _image_tokens(model, pixel_values_from_frames(frames))
-        return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
-
-    # Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision).
-    def joint_step() -> tuple[torch.Tensor, float]:
-        k, items_, kinds_ = draw_batch(train_items)
-        batch = []
-        for it, kind in zip(items_, kinds_, strict=True):
-            v = videos[str(it.video)]
-            batch.append((it, v.frames[sample_subset(rng, v, k, kind)]))
-        hidden, option_pos = _batch_forward(model, prompts, batch)
-        return answer_loss(hidden, option_pos, items_, kinds_)
-
-    # (name, step, steps, learning rate, trains only the vision tower + projector, tower frozen)
-    stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False, False),
-              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, cfg.vision_lr, True, False),
-              ("joint", joint_step, cfg.steps, cfg.joint_lr, False, not cfg.joint_trains_vision)]
     stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
-    for stage, step_fn, steps, lr, vision_only, tower_frozen in stages:
-        if steps <= 0:
-            continue
-        started = time.time()
-        if tower_frozen:
-            # Batch norm keeps its running statistics, and no gradients flow into the tower
-            # (LeViT caches its attention biases in eval mode; with gradients on, that cache
-            # would tie every step's graph to the first one's).
-            model.model.vision_tower.eval().requires_grad_(False)
-        params = [p for n, p in model.named_parameters() if p.requires_grad
-                  and (not vision_only or "vision_tower" in n or "multi_modal_projector" in n)]
-        _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
-        stage_seconds[stage] = round(time.time() - started, 1)
+    for stage in steps.stages():
+        if stage.steps > 0:
+            started = time.time()
+            _run_stage(model, stage, cfg, history, progress)
+            stage_seconds[stage.name] = round(time.time() - started, 1)
     model.eval()
-    val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
+    val = evaluate_small_reference(model, steps.prompts, steps.letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -491,6 +563,9 @@ def train_small_reference(
         "skipped": skipped,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": stage_seconds,
+        # questions whose frames' objects are known (stages 1-2) and the object frames of stage 2
+        "described_questions": len(steps.described),
+        "object_frames": len(steps.object_frames),
         **val,
         "config": asdict(cfg),
         "history": history,

@@ -31,14 +31,12 @@ import numpy as np
 
 from refocus.errors import RefocusError
 from refocus.seeding import item_seed
-from refocus.selectors import register_selector
 from refocus.selectors.base import VideoFrames, check_budget
 
 MODES = ("greedy", "sample", "distribution")
 DEFAULT_MODE = "greedy"
 
 
-@register_selector("policy")
 class PolicySelector:
     """Frame selection by a trained :class:`refocus.policy.FramePolicy`.
 
@@ -54,6 +52,8 @@ class PolicySelector:
     """
 
     deterministic: bool
+    spec_arg = "dir"
+    """The ``key=value`` spec option that is the bare argument: ``policy:dir=DIR``."""
 
     def __init__(
         self,
