@@ -85,11 +85,12 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Benchmark, tiny policy and tiny Qwen2.5-VL, the selection file and the task."""
+    from tiny_models import build_tiny
+
     from refocus.data.questions import load_questions
     from refocus.data.synth import make_benchmark
     from refocus.policy import FramePolicy, FramePolicyConfig
     from refocus.reference.small_model import train_tokenizer
-    from tiny_models import build_tiny
 
     tmp = tmp_path_factory.mktemp("lmms")
     qa = make_benchmark("niah", tmp / "bench", videos=4, frames=(32, 48), seed=0)
