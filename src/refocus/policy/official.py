@@ -290,9 +290,9 @@ def selection_options(config: dict, report: ImportReport) -> dict:
         raise RefocusError("config.json has no start_of_frame_token_id (their autoregressive selector needs it)")
     if get("frame_replacement"):
         report.notes.append(
-            "frame_replacement is true in the checkpoint: their forward would sample with replacement by "
-            "default, but their export passes replace=False (scripts/_common.sh); refocus selects a subset "
-            "without replacement"
+            "frame_replacement is true: their forward samples with replacement unless told otherwise, and "
+            "their export passes replace=False (scripts/_common.sh); refocus selects without replacement, "
+            "as that export"
         )
     scale_fn = get("logit_scale_fn")
     return {
