@@ -197,11 +197,20 @@ def write_authors_checkpoint(
     config = authors_config(tower_dir, **overrides)
     (src / "config.json").write_text(json.dumps(config, indent=2))
     tensors = authors_tensors(config, seed=seed, rank_head=rank_head)
-    if fmt == "safetensors":
+    if fmt in ("safetensors", "sharded"):
         from safetensors.torch import save_file
 
         stored = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items() if k != "lm_head.weight"}
-        save_file(stored, src / "model.safetensors", metadata={"format": "pt"})
+        if fmt == "safetensors":
+            save_file(stored, src / "model.safetensors", metadata={"format": "pt"})
+        else:  # two shards and an index, as save_pretrained writes large checkpoints
+            keys = sorted(stored)
+            weight_map = {}
+            for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+                name = f"model-{i + 1:05d}-of-00002.safetensors"
+                save_file({k: stored[k] for k in part}, src / name, metadata={"format": "pt"})
+                weight_map |= dict.fromkeys(part, name)
+            (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     else:
         stored = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
         torch.save(stored, src / "pytorch_model.bin")
@@ -408,11 +417,11 @@ def fixed_frames(num: int = 7) -> np.ndarray:
     return rng.integers(0, 256, size=(num, TOWER["image_size"], TOWER["image_size"], 3), dtype=np.uint8)
 
 
-CASES = {  # projector, pooling, scaling, scale function, weight format, rank head
+CASES = {  # projector, pooling, scaling, scale function, weight format (bf16 values), rank head
     "mlp2x-average-softplus-safetensors": dict(mm_projector_type="mlp2x_gelu", mm_spatial_pool_mode="average"),
     "linear-max-scaled-exp-bin": dict(mm_projector_type="linear", mm_spatial_pool_mode="max",
                                       attention_scaling=True, logit_scale_fn="exp", fmt="bin", rank_head=True),
-    "mlp3x-bilinear": dict(mm_projector_type="mlp3x_gelu", mm_spatial_pool_mode="bilinear"),
+    "mlp3x-bilinear-sharded": dict(mm_projector_type="mlp3x_gelu", mm_spatial_pool_mode="bilinear", fmt="sharded"),
 }
 
 
