@@ -1,17 +1,19 @@
 """GRPO (ReFoCUS) vs ranking supervision (Frame-Voyager) at equal reference-model calls.
 
-Same synthetic V-NIAH splits, same small reference model (reward / ranking labels and
-answerer), same policy architecture (``configs/tiny.yaml``). Steps:
+Same synthetic splits of ``--task`` (niah, query or multi), same small reference model
+(reward / ranking labels and answerer), same policy architecture (``configs/tiny.yaml``). Steps:
 
-1. a training and a held-out niah split (different seeds);
-2. the small reference model, trained once on the training split (or ``--reference``);
+1. a training and a held-out split of the task (seeds S and S + 1);
+2. the small reference model: the demo's, trained once on the demo's reference split of all
+   three tasks (seed S + 2, disjoint from both), or ``--reference``;
 3. ReFoCUS: reward-variance filtering (16 subsets per question) + GRPO with ``tiny.yaml``;
    its reference calls = filter calls + training calls;
 4. Frame-Voyager: ``run_voyager`` on the UNFILTERED training split with
    ``max_reference_calls`` = ReFoCUS's total (``--voyager-budget grpo`` counts GRPO's
    training calls only), for each scoring in ``--scorings``;
 5. uniform, each Frame-Voyager ranker, the ReFoCUS policy (greedy) and the oracle evaluated by
-   the reference model on the held-out split at ``--budget`` frames.
+   the reference model on the held-out split at ``--budget`` frames: accuracy, evidence recall
+   (any span hit) and ``evidence_recall_all`` (every span hit).
 
 Prints a table, then a JSON dict as the last line of stdout. Everything is written under
 ``--out`` (default: a temporary directory); the small reference model comes from the demo's
@@ -31,6 +33,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--task", choices=["niah", "query", "multi"], default="niah")
     p.add_argument("--train-videos", type=int, default=160)
     p.add_argument("--heldout-videos", type=int, default=80)
     p.add_argument("--frames", default="48,160", help="MIN,MAX video length (frames at 4 fps)")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     def split(name: str, videos: int, seed: int) -> Path:
         qa = out / name / "qa.jsonl"
         if not qa.is_file():
-            make_benchmark("niah", out / name, videos=videos, frames=(lo, hi), seed=seed)
+            make_benchmark(args.task, out / name, videos=videos, frames=(lo, hi), seed=seed)
         return qa
 
     train_qa = split("train", args.train_videos, args.seed)
@@ -90,10 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref_dir = args.reference
     if ref_dir is None:  # the demo's small reference model for these data (shared cache)
-        from refocus.demo import DemoConfig, get_small_reference
+        from refocus.demo import DemoConfig, get_small_reference, reference_splits
 
-        demo_cfg = DemoConfig(train_videos=args.train_videos, frames=(lo, hi), seed=args.seed)
-        ref_dir, _ = get_small_reference(train_qa, demo_cfg, progress=False)
+        demo_cfg = DemoConfig(task=args.task, seed=args.seed)
+        ref_dir, _ = get_small_reference(reference_splits(demo_cfg, progress=False), demo_cfg, progress=False)
     reference = load_reference(ref_dir, batch_size=16)
     lap("reference")
 
@@ -130,16 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
     for name, selector in selectors.items():
         r = evaluate(heldout, reference, selector, [args.budget], 1, store=store, progress=False)["budgets"][args.budget]
         table[name] = {"accuracy": r["accuracy"], "evidence_recall": r["evidence_recall"],
+                       "evidence_recall_all": r["evidence_recall_all"], "per_category": r["per_category"],
                        "reference_calls": calls.get(name, {}).get("total", 0)}
     lap("eval")
 
-    print(f"held-out niah: {len(heldout)} questions, budget {args.budget} frames; "
+    print(f"held-out {args.task}: {len(heldout)} questions, budget {args.budget} frames; "
           f"ReFoCUS filter kept {info['kept']}/{info['total']}")
-    print(f"{'selector':<18} {'accuracy':>8} {'recall':>8} {'ref. calls':>10}")
+    print(f"{'selector':<18} {'accuracy':>8} {'recall':>8} {'all':>8} {'ref. calls':>10}")
     for name, r in table.items():
-        print(f"{name:<18} {r['accuracy']:>8.3f} {r['evidence_recall']:>8.3f} {r['reference_calls']:>10}")
+        print(f"{name:<18} {r['accuracy']:>8.3f} {r['evidence_recall']:>8.3f} {r['evidence_recall_all']:>8.3f} "
+              f"{r['reference_calls']:>10}")
     result = {
-        "budget": args.budget, "heldout_items": len(heldout), "selectors": table, "reference_calls": calls,
+        "task": args.task, "budget": args.budget, "heldout_items": len(heldout), "selectors": table, "reference_calls": calls,
         "voyager_budget": args.voyager_budget,
         "voyager_train": {s: {"steps": r["steps"], "questions": r["questions"],
                               "pair_accuracy": r["last_metrics"].get("train/pair_accuracy")}

@@ -21,6 +21,7 @@ from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,
     compose_option_embeddings,
+    frame_objects,
     pixel_values_from_frames,
     sample_subset,
     shuffle_options,
@@ -133,3 +134,34 @@ def test_frozen_joint_stage_leaves_the_vision_tower_untouched(tmp_path, qa):
     assert tower and all(torch.equal(before[k], after[k]) for k in tower)  # batch-norm statistics included
     assert not torch.equal(before["model.multi_modal_projector.linear_1.weight"],
                            after["model.multi_modal_projector.linear_1.weight"])
+
+
+def test_frame_objects_name_the_object_each_decoded_frame_shows(tmp_path, qa):
+    query = load_questions(make_benchmark("query", tmp_path / "q", videos=2, frames=(48, 56), seed=0))
+    for item in [*load_questions(qa), *query]:
+        video = load_video(item.video, size=32)
+        objects = frame_objects(item, video.timestamps)
+        assert len(objects) == len(video.timestamps)
+        events = item.meta.get("events") or [{"color": item.meta["color"], "shape": item.meta["shape"],
+                                              "frames": item.meta["needle_frames"]}]
+        for e in events:
+            a, b = e["frames"]
+            assert objects[a : b + 1] == [(e["color"], e["shape"])] * (b - a + 1)
+        assert sum(o is not None for o in objects) == sum(e["frames"][1] - e["frames"][0] + 1 for e in events)
+    assert frame_objects(query[0].__class__(**{**query[0].__dict__, "meta": {}}), video.timestamps) == []
+
+
+def test_training_on_several_tasks_uses_every_tasks_objects(tmp_path, qa):
+    """Stage 1 reads word frames of query and multi items too; stage 2 regresses their objects' frames."""
+    items = [*load_questions(qa), *load_questions(make_benchmark("query", tmp_path / "q", 3, (48, 56), seed=1)),
+             *load_questions(make_benchmark("multi", tmp_path / "m", 3, (32, 40), seed=1))]
+    cfg = SmallReferenceTrainConfig(steps=2, align_steps=3, vision_steps=2, batch_size=6, vision_batch_size=8,
+                                    val_fraction=0.0, val_subsets=1, model=TINY)
+    summary = train_small_reference(items, tmp_path / "ref", cfg, progress=False)
+    assert summary["train_questions"] == summary["described_questions"] == 12
+    shown = sum(e["frames"][1] - e["frames"][0] + 1 for it in items[6:] for e in it.meta["events"])
+    shown += sum(it.meta["needle_frames"][1] - it.meta["needle_frames"][0] + 1 for it in items[:6])
+    assert summary["object_frames"] == shown
+    ref = load_reference(tmp_path / "ref")
+    video = load_video(items[-1].video, size=32)
+    assert np.isfinite(ref.option_logits(items[-1], video.frames, [[0, 5, 10, 20]])).all()

@@ -1,12 +1,26 @@
 """``refocus demo``: the whole ReFoCUS loop on the embedded default, on a CPU.
 
-Stages (each timed and reported):
-  1. synthetic V-NIAH benchmarks: a training split and a held-out split (different seeds);
-  2. the small reference model: built on first use from the training split, then cached;
+``--task`` picks the synthetic benchmark the policy is trained and evaluated on:
+
+- ``query`` (default): 12 objects per video, the question names one (``refocus synth query``);
+  budget 4. A question-blind policy (``question_blind: true``, the same training) runs
+  beside the normal one, so the report shows what reading the question is worth.
+- ``niah``: one needle per video; budget 8; adds the V-NIAH heatmap (64 to 1,024 frames).
+- ``multi``: order / count / compare over several events; budget 8; adds a per-category
+  table and the share of questions whose every evidence span got a selected frame.
+
+Three splits, each its own seed: the small reference model is trained on a *reference* split
+of all three tasks (seed + 2; it never sees the videos the policy trains on, like the paper's
+InternVL3), the policy on the task's *training* split (seed), and everything is evaluated on
+a *held-out* split (seed + 1). Stages (each timed and reported):
+  1. synthetic splits (cached);
+  2. the small reference model: trained on first use, then cached (one for all tasks);
   3. reward-variance filtering of the training split (Appendix A);
-  4. GRPO training of the policy with ``configs/tiny.yaml``;
-  5. evaluation of uniform / random / policy / oracle on the held-out split;
-  6. the V-NIAH heatmap (lengths 64 to 1,024 frames) for uniform and the policy;
+  4. GRPO training of the policy (and, for ``query``, the question-blind policy) with
+     ``configs/tiny.yaml``;
+  5. evaluation of uniform / random / question-blind policy / policy / oracle (Frame-Voyager
+     with ``voyager=True``) on the held-out split;
+  6. ``niah`` only: the V-NIAH heatmap for uniform and the policy;
   7. ``report.md``, ``results.json`` and the figures.
 """
 
@@ -20,28 +34,36 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from refocus.errors import RefocusError
 from refocus.io import write_json
 
-SELECTORS = ("uniform", "random", "policy", "oracle")
+TASKS = ("query", "niah", "multi")
+TASK_BUDGET = {"query": 4, "niah": 8, "multi": 8}
+"""Frames every selector may pick at evaluation (T') per task: 4 for ``query`` (the budget at
+which a question-blind selector misses the named object 2 times in 3), 8 otherwise."""
+REFERENCE_SEED_OFFSET = 2
+HELDOUT_SEED_OFFSET = 1
 
 
 @dataclass
 class DemoConfig:
     """Sizes of the demo. ``quick`` shrinks every stage for a smoke run."""
 
+    task: str = "query"
+    """Benchmark the policy is trained and evaluated on: one of ``TASKS``."""
+    reference_videos: int = 160
+    """Videos per task in the reference split (the small reference model's training data)."""
     train_videos: int = 240
     heldout_videos: int = 100
     frames: tuple[int, int] = (64, 256)
-    """Video lengths (frames at the decode rate) of both splits."""
-    budget: int = 8
-    """Frames every selector may pick at evaluation (T')."""
+    """Video lengths (frames at the decode rate) of every split."""
+    budget: int | None = None
+    """Frames every selector may pick at evaluation (T'); None: ``TASK_BUDGET[task]``."""
     seeds: int = 3
     """Evaluation seeds for the stochastic selectors (random)."""
     reference: dict = field(default_factory=lambda: {"align_steps": 1200, "vision_steps": 1000, "steps": 200})
     """Overrides of SmallReferenceTrainConfig. Fewer steps than its defaults (2,000 / 2,500 /
-    300) keep the cold-start demo under 10 minutes on 2 cores: with 1,300 / 1,000 / 300 and 80
-    GRPO steps it took 10:02 (reference 339 s), and that model answered 0.84 / 0.79 of its
-    validation questions from the evidence frames (K = 4 / 8)."""
+    300) keep the cold-start demo under 10 minutes on 2 cores."""
     filter_frames_per_subset: int = 8
     """k frames per probe subset; the paper uses 32 with 512-frame videos, 8 matches the budget here."""
     tau: float = 0.1
@@ -51,16 +73,24 @@ class DemoConfig:
     """If fewer questions pass tau, train on this many of the highest-variance ones (and say so)."""
     train_steps: int | None = 60
     """GRPO steps (None: max_steps of configs/tiny.yaml, 120). The curriculum moves from 4 to 8
-    frames at step 40; with the demo's reference model the mean reward levels off within ~10
-    steps of each phase (0.96 by step 13, 0.94 by step 49 of 80), so 60 suffice."""
+    frames at step 40; with the demo's niah reference model the mean reward levels off within
+    ~10 steps of each phase (0.96 by step 13, 0.94 by step 49 of 80), so 60 suffice."""
     niah_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
     niah_positions: int = 8
     niah_per_cell: int = 1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise RefocusError(f"unknown demo task {self.task!r}; choose from {', '.join(TASKS)}")
+
+    @property
+    def eval_budget(self) -> int:
+        return self.budget or TASK_BUDGET[self.task]
+
     @classmethod
-    def quick_config(cls) -> DemoConfig:
-        return cls(train_videos=48, heldout_videos=24, frames=(48, 128), seeds=1,
+    def quick_config(cls, task: str = "query") -> DemoConfig:
+        return cls(task=task, reference_videos=32, train_videos=48, heldout_videos=24, frames=(48, 128), seeds=1,
                    reference={"align_steps": 150, "vision_steps": 40, "steps": 40},
                    train_steps=12, niah_lengths=(64, 256, 1024), niah_positions=3)
 
@@ -96,7 +126,28 @@ def _synth(kind: str, out: Path, videos: int, frames: tuple[int, int], seed: int
     return qa
 
 
-def get_small_reference(train_qa: Path, cfg: DemoConfig, progress: bool) -> tuple[Path, bool]:
+def reference_splits(cfg: DemoConfig, progress: bool) -> list[Path]:
+    """The question files of the reference split, one per task (seed + 2, generated once)."""
+    root = cache_root() / "demo-data"
+    seed = cfg.seed + REFERENCE_SEED_OFFSET
+    return [_synth(kind, root / f"reference-{kind}-{_key(cfg.reference_videos, cfg.frames, seed)}",
+                   cfg.reference_videos, cfg.frames, seed, progress) for kind in TASKS]
+
+
+def synth_splits(cfg: DemoConfig, progress: bool) -> dict[str, Path]:
+    """The question files of the three splits: ``reference-{task}`` for every task, ``train`` and
+    ``heldout`` for ``cfg.task`` (each generated once and cached)."""
+    root = cache_root() / "demo-data"
+    splits = {f"reference-{kind}": qa for kind, qa in zip(TASKS, reference_splits(cfg, progress), strict=True)}
+    held_seed = cfg.seed + HELDOUT_SEED_OFFSET
+    splits["train"] = _synth(cfg.task, root / f"train-{cfg.task}-{_key(cfg.train_videos, cfg.frames, cfg.seed)}",
+                             cfg.train_videos, cfg.frames, cfg.seed, progress)
+    splits["heldout"] = _synth(cfg.task, root / f"heldout-{cfg.task}-{_key(cfg.heldout_videos, cfg.frames, held_seed)}",
+                               cfg.heldout_videos, cfg.frames, held_seed, progress)
+    return splits
+
+
+def get_small_reference(train_qas: list[Path], cfg: DemoConfig, progress: bool) -> tuple[Path, bool]:
     """The cached small reference model for these training data, trained if missing.
 
     Returns (checkpoint dir, whether it was trained now).
@@ -106,7 +157,7 @@ def get_small_reference(train_qa: Path, cfg: DemoConfig, progress: bool) -> tupl
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
     train_cfg = SmallReferenceTrainConfig(seed=cfg.seed, **cfg.reference)
-    key = _key(__version__, asdict(train_cfg), cfg.train_videos, cfg.frames, cfg.seed)
+    key = _key(__version__, asdict(train_cfg), [str(p) for p in train_qas])
     ref_dir = cache_root() / "reference" / f"small-{key}"
     if (ref_dir / "reference_train.json").is_file():
         return ref_dir, False
@@ -120,7 +171,8 @@ def get_small_reference(train_qa: Path, cfg: DemoConfig, progress: bool) -> tupl
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
-        train_small_reference(load_questions(train_qa), tmp, train_cfg, progress=progress)
+        items = [it for qa in train_qas for it in load_questions(qa)]
+        train_small_reference(items, tmp, train_cfg, progress=progress)
     finally:
         torch.set_num_threads(threads)
     if ref_dir.exists():
@@ -129,24 +181,85 @@ def get_small_reference(train_qa: Path, cfg: DemoConfig, progress: bool) -> tupl
     return ref_dir, True
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool = True,
-             voyager: bool = False) -> DemoResult:
-    """Run every stage; ``voyager`` adds the Frame-Voyager baseline trained with as many
-    reference-model calls as ReFoCUS used (filter + GRPO)."""
-    import torch
-
-    from refocus.analysis.niah import NiahConfig, run_niah_analysis
-    from refocus.data.questions import load_questions
-    from refocus.evaluation import evaluate, write_evaluation
+def filter_training_split(train_qa: Path, reference, cfg: DemoConfig, out: Path, progress: bool):
+    """Appendix-A filtering of the training split; returns (question file to train on, info, scored)."""
+    from refocus.data.questions import load_questions, write_questions
     from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
-    from refocus.reference import load_reference
-    from refocus.selectors import get_selector
-    from refocus.selectors.policy import PolicySelector
+
+    filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
+    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
+    info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
+    kept_qa = out / "filter" / "train.filtered.jsonl"
+    if info["kept"] < cfg.min_train_items:
+        # A weak reference (e.g. --quick) gives flat margins: train on the most variable items.
+        ranked = sorted(filtered.scored, key=lambda pair: -pair[1]["variance"])[: cfg.min_train_items]
+        kept_qa = out / "filter" / "train.top_variance.jsonl"
+        write_questions(kept_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
+        info["fallback"] = f"only {info['kept']} items passed tau; trained on the {len(ranked)} most variable"
+    return kept_qa, info, len(filtered.scored)
+
+
+def train_policies(train_qa: Path, ref_dir: Path, cfg: DemoConfig, out: Path, progress: bool) -> dict:
+    """GRPO with ``configs/tiny.yaml``: ``policy/``, and for ``query`` also ``policy-blind/``
+    (the same run with the question withheld). Returns {name: TrainResult}."""
     from refocus.training.config import load_config, packaged_config
     from refocus.training.train import train_policy
+
+    base = load_config(packaged_config("tiny"), seed=cfg.seed)
+    variants = {"policy": base.policy}
+    if cfg.task == "query":
+        variants["policy-blind"] = {**base.policy, "question_blind": True}
+    runs = {}
+    for name, policy_overrides in variants.items():
+        train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed, policy=policy_overrides)
+        if cfg.train_steps is not None:
+            train_cfg = train_cfg.shortened(cfg.train_steps)
+        run = train_policy(train_qa, ref_dir, out / ("train" if name == "policy" else f"train-{name}"),
+                           config=train_cfg, progress=progress)
+        _remove(out / name)
+        shutil.copytree(run.policy_dir, out / name)
+        runs[name] = run
+    return runs
+
+
+def evaluate_selectors(heldout, reference, cfg: DemoConfig, out: Path, calls: dict, voyager_dir, progress: bool):
+    """Every selector on the held-out split at the task's budget; returns (table, selectors)."""
+    from refocus.evaluation import evaluate, write_evaluation
+    from refocus.selectors import get_selector
+    from refocus.selectors.policy import PolicySelector
     from refocus.video.stores import FrameStore
 
-    cfg = DemoConfig.quick_config() if quick else DemoConfig()
+    selectors = {"uniform": get_selector("uniform", seed=cfg.seed), "random": get_selector("random", seed=cfg.seed)}
+    if (out / "policy-blind").is_dir() and cfg.task == "query":
+        selectors["policy-blind"] = PolicySelector.from_dir(out / "policy-blind", name="policy-blind", seed=cfg.seed)
+    selectors["policy"] = PolicySelector.from_dir(out / "policy", name="policy", seed=cfg.seed)
+    selectors["oracle"] = get_selector("oracle", seed=cfg.seed)
+    if voyager_dir is not None:
+        from refocus.selectors.voyager import VoyagerSelector
+
+        selectors["voyager"] = VoyagerSelector.from_dir(voyager_dir, name="voyager", seed=cfg.seed)
+    store = FrameStore()
+    table = {}
+    for name, selector in selectors.items():
+        result = evaluate(heldout, reference, selector, [cfg.eval_budget], cfg.seeds, store=store, progress=progress)
+        write_evaluation(result, out / "eval" / name)
+        r = result["budgets"][cfg.eval_budget]
+        table[name] = {key: r[key] for key in ("accuracy", "accuracy_std", "evidence_recall", "evidence_recall_all",
+                                               "per_category", "seconds_per_item")}
+        table[name]["training_reference_calls"] = calls.get(name)
+    return table, selectors
+
+
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool = True,
+             voyager: bool = False, task: str = "query") -> DemoResult:
+    """Run every stage for ``task``; ``voyager`` adds the Frame-Voyager baseline trained with as
+    many reference-model calls as ReFoCUS used (filter + GRPO)."""
+    import torch
+
+    from refocus.data.questions import load_questions
+    from refocus.reference import load_reference
+
+    cfg = DemoConfig.quick_config(task) if quick else DemoConfig(task=task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -160,108 +273,61 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
 
     # Tiny models: one thread avoids oversubscription and is as fast as two here.
     torch.set_num_threads(1)
-    data_root = cache_root() / "demo-data"
-    train_qa = _synth("niah", data_root / f"train-{_key(cfg.train_videos, cfg.frames, cfg.seed)}",
-                      cfg.train_videos, cfg.frames, cfg.seed, progress)
-    heldout_qa = _synth("niah", data_root / f"heldout-{_key(cfg.heldout_videos, cfg.frames, cfg.seed + 1)}",
-                        cfg.heldout_videos, cfg.frames, cfg.seed + 1, progress)
-    _link(out / "data" / "train", train_qa.parent)
-    _link(out / "data" / "heldout", heldout_qa.parent)
+    splits = synth_splits(cfg, progress)
+    for name, qa in splits.items():
+        _link(out / "data" / name, qa.parent)
     lap("synth")
 
-    ref_dir, trained_now = get_small_reference(train_qa, cfg, progress)
+    ref_dir, trained_now = get_small_reference([splits[f"reference-{kind}"] for kind in TASKS], cfg, progress)
     _link(out / "reference", ref_dir)
     reference = load_reference(ref_dir, batch_size=16)
     lap("reference")
 
-    filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
-    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
-    filter_info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
-    train_qa = out / "filter" / "train.filtered.jsonl"
-    if filter_info["kept"] < cfg.min_train_items:
-        # A weak reference (e.g. --quick) gives flat margins: train on the most variable items.
-        from refocus.data.questions import write_questions
-
-        ranked = sorted(filtered.scored, key=lambda pair: -pair[1]["variance"])[: cfg.min_train_items]
-        train_qa = out / "filter" / "train.top_variance.jsonl"
-        write_questions(train_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
-        filter_info["fallback"] = f"only {filter_info['kept']} items passed tau; trained on the {len(ranked)} most variable"
+    train_qa, filter_info, scored = filter_training_split(splits["train"], reference, cfg, out, progress)
     lap("filter")
 
-    train_cfg = load_config(packaged_config("tiny"), seed=cfg.seed)
-    if cfg.train_steps is not None:
-        train_cfg = train_cfg.shortened(cfg.train_steps)
-    run = train_policy(train_qa, ref_dir, out / "train",
-                       config=train_cfg, progress=progress)
-    if (out / "policy").exists() or (out / "policy").is_symlink():
-        _remove(out / "policy")
-    shutil.copytree(run.policy_dir, out / "policy")
+    runs = train_policies(train_qa, ref_dir, cfg, out, progress)
     lap("train")
 
-    calls = {"policy": 16 * len(filtered.scored) + run.reference_calls}  # filter probes + GRPO rewards
-    voyager_run = None
+    # filter probes (16 per scored question) + GRPO rewards; both policies pay the same filter
+    calls = {name: 16 * scored + run.reference_calls for name, run in runs.items()}
+    voyager_dir = None
     if voyager:
         from refocus.voyager.train import run_voyager
 
         voyager_run = run_voyager(train_qa, ref_dir, out / "voyager", reference=reference,
                                   max_reference_calls=calls["policy"], progress=progress)
         calls["voyager"] = voyager_run["reference_calls"]
+        voyager_dir = voyager_run["policy_dir"]
         lap("voyager")
 
-    heldout = load_questions(heldout_qa)
-    store = FrameStore()
-    selectors = {
-        "uniform": get_selector("uniform", seed=cfg.seed),
-        "random": get_selector("random", seed=cfg.seed),
-        "policy": PolicySelector.from_dir(out / "policy", name="policy", seed=cfg.seed),
-        "oracle": get_selector("oracle", seed=cfg.seed),
-    }
-    if voyager_run is not None:
-        from refocus.selectors.voyager import VoyagerSelector
-
-        selectors["voyager"] = VoyagerSelector.from_dir(voyager_run["policy_dir"], name="voyager", seed=cfg.seed)
-    table = {}
-    for name, selector in selectors.items():
-        result = evaluate(heldout, reference, selector, [cfg.budget], cfg.seeds, store=store, progress=progress)
-        write_evaluation(result, out / "eval" / name)
-        r = result["budgets"][cfg.budget]
-        table[name] = {
-            "accuracy": r["accuracy"],
-            "accuracy_std": r["accuracy_std"],
-            "evidence_recall": r["evidence_recall"],
-            "seconds_per_item": r["seconds_per_item"],
-            "training_reference_calls": calls.get(name),
-        }
+    heldout = load_questions(splits["heldout"])
+    table, selectors = evaluate_selectors(heldout, reference, cfg, out, calls, voyager_dir, progress)
     lap("eval")
 
-    niah = run_niah_analysis(
-        reference, [selectors["uniform"], selectors["policy"]], out / "niah",
-        NiahConfig(lengths=cfg.niah_lengths, positions=cfg.niah_positions, per_cell=cfg.niah_per_cell,
-                   budget=cfg.budget, seed=cfg.seed, train_max_frames=cfg.frames[1]),
-        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
-        progress=progress,
-    )
-    lap("niah")
+    niah = _niah_heatmap(reference, selectors, cfg, out, progress) if cfg.task == "niah" else None
+    if niah is not None:
+        lap("niah")
 
-    curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
     results = {
-        "budget": cfg.budget,
+        "task": cfg.task,
+        "budget": cfg.eval_budget,
         "selectors": table,
         "heldout_items": len(heldout),
-        "reference": {"path": str(ref_dir), "trained_now": trained_now,
-                      **_reference_summary(ref_dir)},
+        "splits": {name: str(qa) for name, qa in splits.items()},
+        "reference": {"path": str(ref_dir), "trained_now": trained_now, **_reference_summary(ref_dir)},
         "filter": {k: filter_info[k] for k in ("kept", "total", "tau", "variance_quantiles", "fallback")
                    if k in filter_info},
-        "train": {"steps": run.steps, "reference_calls": run.reference_calls,
-                  "last_metrics": run.last_metrics},
-        "niah": {name: {"accuracy": s["accuracy"], "evidence_recall": s["evidence_recall"]}
-                 for name, s in niah["selectors"].items()},
+        "train": {name: {"steps": r.steps, "reference_calls": r.reference_calls, "last_metrics": r.last_metrics}
+                  for name, r in runs.items()},
+        "niah": niah,
         "timings_s": timings,
         "config": asdict(cfg) | {"quick": quick},
     }
+    curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
     write_json(out / "results.json", results)
     write_report(out, results, figures={
-        "niah": "niah/niah.png",
+        "niah": "niah/niah.png" if niah is not None else None,
         "training": curves.name if curves else None,
         "filter": "filter/train.filtered.variance.png",
     })
@@ -269,6 +335,20 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     results["timings_s"] = timings
     write_json(out / "results.json", results)
     return DemoResult(out, results, timings)
+
+
+def _niah_heatmap(reference, selectors, cfg: DemoConfig, out: Path, progress: bool) -> dict:
+    from refocus.analysis.niah import NiahConfig, run_niah_analysis
+
+    niah = run_niah_analysis(
+        reference, [selectors["uniform"], selectors["policy"]], out / "niah",
+        NiahConfig(lengths=cfg.niah_lengths, positions=cfg.niah_positions, per_cell=cfg.niah_per_cell,
+                   budget=cfg.eval_budget, seed=cfg.seed, train_max_frames=cfg.frames[1]),
+        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
+        progress=progress,
+    )
+    return {name: {"accuracy": s["accuracy"], "evidence_recall": s["evidence_recall"]}
+            for name, s in niah["selectors"].items()}
 
 
 def _reference_summary(ref_dir: Path) -> dict:
@@ -334,78 +414,100 @@ def plot_training_curves(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
-def write_report(out: Path, results: dict, figures: dict[str, str | None]) -> Path:
-    """``report.md``: readable on its own (a table, the figures, what was run)."""
-    budget = results["budget"]
-    lines = [
-        "# refocus demo report",
-        "",
-        f"The whole ReFoCUS loop on the synthetic V-NIAH benchmark: {results['heldout_items']} held-out "
-        f"questions, each answered by the small reference model from **{budget} frames** chosen by a selector.",
-        "",
-        "| selector | accuracy | evidence recall | selection s / item |",
-        "|---|---|---|---|",
-    ]
+TASK_TEXT = {
+    "query": "the query benchmark (12 objects per video; the question names one by its colour or shape)",
+    "niah": "the synthetic V-NIAH benchmark (one needle per video)",
+    "multi": "the multi-evidence benchmark (order / count / compare over several events)",
+}
+SELECTOR_TEXT = {
+    "uniform": "bin midpoints", "random": "seeded random frames",
+    "policy-blind": "the same policy and GRPO training with the question withheld (`question_blind: true`)",
+    "policy": "the ReFoCUS policy", "oracle": "evidence frames first (an upper bound)",
+    "voyager": "Frame-Voyager trained with as many reference calls as the policy",
+}
+
+
+def _fmt(x, std=None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3f}" + (f" ± {std:.3f}" if std else "")
+
+
+def _headline(results: dict) -> list[str]:
+    multi = results["task"] == "multi"
+    head = "| selector | accuracy | evidence recall |" + (" all evidence spans hit |" if multi else "")
+    lines = [head + " selection s / item |", "|---|---|---|" + ("---|" if multi else "") + "---|"]
     for name, r in results["selectors"].items():
-        acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-        if r.get("accuracy_std"):
-            acc += f" ± {r['accuracy_std']:.3f}"
-        rec = "—" if r["evidence_recall"] is None else f"{r['evidence_recall']:.3f}"
-        lines.append(f"| {name} | {acc} | {rec} | {r['seconds_per_item']:.4f} |")
-    ref = results["reference"]
-    filt = results["filter"]
-    train = results["train"]
+        row = f"| {name} | {_fmt(r['accuracy'], r.get('accuracy_std'))} | {_fmt(r['evidence_recall'])} |"
+        if multi:
+            row += f" {_fmt(r['evidence_recall_all'])} |"
+        lines.append(row + f" {r['seconds_per_item']:.4f} |")
+    lines += ["", "; ".join(f"*{n}*: {SELECTOR_TEXT.get(n, n)}" for n in results["selectors"]) + ". "
+              "*Evidence recall*: share of questions where at least one selected frame lies in an evidence span"
+              + (" (all spans hit: every span holds one)." if multi else ".")]
+    return lines
+
+
+def _per_category(results: dict) -> list[str]:
+    sel = results["selectors"]
+    cats = sorted({c for r in sel.values() for c in r["per_category"]})
+    lines = ["## Per category (accuracy / evidence recall / all spans hit)", "",
+             "| selector | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for name, r in sel.items():
+        cells = [r["per_category"].get(c) for c in cats]
+        lines.append(f"| {name} | " + " | ".join(
+            "—" if c is None else f"{_fmt(c['accuracy'])} / {_fmt(c['evidence_recall'])} / {_fmt(c['evidence_recall_all'])}"
+            for c in cells) + " |")
+    return lines
+
+
+def write_report(out: Path, results: dict, figures: dict[str, str | None]) -> Path:
+    """``report.md``: readable on its own (the tables, the figures, what was run)."""
+    lines = [
+        f"# refocus demo report: task `{results['task']}`", "",
+        f"The whole ReFoCUS loop on {TASK_TEXT[results['task']]}: {results['heldout_items']} held-out "
+        f"questions, each answered by the small reference model from **{results['budget']} frames** chosen by a selector.",
+        "", *_headline(results),
+    ]
     trained = {n: r["training_reference_calls"] for n, r in results["selectors"].items()
                if r.get("training_reference_calls")}
-    lines += [
-        "",
-        "*Evidence recall*: share of questions where at least one selected frame shows the needle. "
-        "*oracle* sees the evidence spans (an upper bound); *uniform* takes bin midpoints; *random* is seeded.",
-    ]
     if trained:
         lines += ["", "Reference-model calls spent on training (subsets scored): "
                   + ", ".join(f"{n} {c:,}" for n, c in trained.items())
-                  + (" (policy = filter probes + GRPO rewards; voyager = ranked combinations, capped at the policy's count)."
-                     if "voyager" in trained else ".")]
+                  + " (a policy: filter probes + GRPO rewards; voyager: ranked combinations, capped at the policy's count)."]
+    if results["task"] == "multi":
+        lines += ["", *_per_category(results)]
+    if figures.get("niah"):
+        lines += ["", "## V-NIAH: where the needle is found", "", f"![V-NIAH heatmap]({figures['niah']})", "",
+                  "Rows: relative needle position; columns: video length in frames (4 fps). The dashed line marks "
+                  "lengths longer than any training video.", "", "| selector | accuracy | evidence recall |", "|---|---|---|"]
+        lines += [f"| {n} | {r['accuracy']:.3f} | {r['evidence_recall']:.3f} |" for n, r in results["niah"].items()]
+    ref, filt = results["reference"], results["filter"]
     lines += [
-        "",
-        "## V-NIAH: where the needle is found",
-        "",
-        f"![V-NIAH heatmap]({figures['niah']})",
-        "",
-        "Rows: relative needle position; columns: video length in frames (4 fps). The dashed line marks "
-        "lengths longer than any training video.",
-        "",
-        "| selector | accuracy | evidence recall |",
-        "|---|---|---|",
-    ]
-    for name, r in results["niah"].items():
-        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['evidence_recall']:.3f} |")
-    lines += [
-        "",
-        "## Training",
-        "",
-        "- Reference model (tiny LLaVA, trained on the training split): held-out accuracy "
-        + ", ".join(f"{k.removeprefix('val_acc_')} = {v:.3f}" for k, v in ref.items() if k.startswith("val_acc_"))
+        "", "## Training", "",
+        "- Three splits: the reference model trains on " + ", ".join(
+            f"`{k}`" for k in results["splits"] if k.startswith("reference-"))
+        + ", the policy on `train`, every number above is on `heldout` (each its own seed; see `data/`).",
+        "- Reference model (tiny LLaVA): " + (", ".join(
+            f"{k.removeprefix('val_acc_')} = {v:.3f}" for k, v in ref.items()
+            if k.startswith("val_acc_") and isinstance(v, float) and v == v) or "no internal validation split")
         + (" (trained in this run)" if ref["trained_now"] else " (cached)") + ".",
         f"- Reward-variance filtering kept {filt['kept']} of {filt['total']} training questions "
         f"(tau = {filt['tau']})" + (f"; {filt['fallback']}." if filt.get("fallback") else "."),
-        f"- GRPO: {train['steps']} steps, {train['reference_calls']} reference-model calls (subsets scored).",
-        "",
     ]
-    if figures.get("training"):
-        lines += [f"![training curves]({figures['training']})", ""]
-    if figures.get("filter"):
-        lines += [f"![reward variance]({figures['filter']})", ""]
+    lines += [f"- GRPO `{n}`: {t['steps']} steps, {t['reference_calls']} reference-model calls (subsets scored)."
+              for n, t in results["train"].items()]
+    lines.append("")
+    for key, alt in (("training", "training curves"), ("filter", "reward variance")):
+        if figures.get(key):
+            lines += [f"![{alt}]({figures[key]})", ""]
     lines += [
-        "## Time per stage (seconds)",
-        "",
+        "## Time per stage (seconds)", "",
         "| " + " | ".join(results["timings_s"]) + " |",
         "|" + "---|" * len(results["timings_s"]),
-        "| " + " | ".join(str(v) for v in results["timings_s"].values()) + " |",
-        "",
-        "Reproduce: `refocus demo" + (" --quick" if results["config"]["quick"] else "") + "`; "
-        "every number above is in `results.json`.",
+        "| " + " | ".join(str(v) for v in results["timings_s"].values()) + " |", "",
+        f"Reproduce: `refocus demo --task {results['task']}" + (" --quick" if results["config"]["quick"] else "")
+        + "`; every number above is in `results.json`.",
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -98,6 +98,32 @@ class _Video:
     frames: np.ndarray  # (T, S, S, 3) uint8
     evidence_mask: np.ndarray  # (T,) bool
     spans: list[np.ndarray]  # frame indices per evidence span
+    objects: list[tuple[str, str] | None] = field(default_factory=list)
+    """Per decoded frame, the (colour, shape) of the object shown, or None (haystack only);
+    empty when the item does not describe its objects (real benchmarks)."""
+
+
+def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
+    """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown.
+
+    ``query`` and ``multi`` items list their events (``meta["events"]``: colour, shape, first
+    and last source frame), ``niah`` items their needle (``needle_frames``, ``color``,
+    ``shape``). A decoded frame at time t is source frame ``round(t * meta["fps"])``.
+    """
+    meta = item.meta
+    if "events" in meta:
+        events = [((e["color"], e["shape"]), e["frames"]) for e in meta["events"]]
+    elif {"needle_frames", "color", "shape"} <= set(meta):
+        events = [((meta["color"], meta["shape"]), meta["needle_frames"])]
+    else:
+        return []
+    fps = float(meta.get("fps", 4.0))
+    source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
+    out: list[tuple[str, str] | None] = [None] * len(source)
+    for obj, (first, last) in events:
+        for i in np.flatnonzero((source >= first) & (source <= last)):
+            out[int(i)] = obj
+    return out
 
 
 def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
@@ -248,9 +274,9 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     return read + name
 
 
-def _frame_words(item: QAItem, needle: bool) -> list[str]:
-    """The words a frame stands for in stage 1: the needle's colour and shape, or "clutter"."""
-    return [item.meta["color"], item.meta["shape"]] if needle else ["clutter"]
+def _frame_words(obj: tuple[str, str] | None) -> list[str]:
+    """The words a frame stands for in stage 1: its object's colour and shape, or "clutter"."""
+    return ["clutter"] if obj is None else [obj[0], obj[1]]
 
 
 def _frame_word_ids(word_ids: dict[str, int], words: list[str], tokens: int) -> list[int]:
@@ -288,27 +314,28 @@ def compose_option_embeddings(model, tokenizer) -> int:
     return count
 
 
-def _describable(item: QAItem) -> bool:
-    return "color" in item.meta and "shape" in item.meta and item.category in ("needle_color", "needle_shape")
+def _describable(item: QAItem, video: _Video) -> bool:
+    """Whether stage 1 and 2 can use the item: its frames' objects are known."""
+    return any(o is not None for o in video.objects)
 
 
-def _pseudo_forward(model, prompts, word_ids, batch, kinds, tokens: int, rng: np.random.Generator):
+def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
-    The image placeholders are replaced by the ids of the words the frame stands for, so the
-    language model embeds them itself: one embedding lookup for the whole batch.
+    ``batch``: (item, the objects of its K chosen frames). The image placeholders are replaced
+    by the ids of the words each frame stands for, so the language model embeds them itself:
+    one embedding lookup for the whole batch.
     """
-    encoded = [prompts.encode(item, k) for item, k in batch]
+    encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
     tok = prompts.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
     input_ids = torch.full((len(batch), L), tok.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(batch), L), dtype=torch.long)
     option_pos = []
-    for i, ((item, k), (ids, ends), kind) in enumerate(zip(batch, encoded, kinds, strict=True)):
+    for i, ((_, objs), (ids, ends)) in enumerate(zip(batch, encoded, strict=True)):
         off = L - len(ids)
-        needle_at = int(rng.integers(k)) if kind == "positive" else -1
-        frames = [_frame_word_ids(word_ids, _frame_words(item, j == needle_at), tokens) for j in range(k)]
+        frames = [_frame_word_ids(word_ids, _frame_words(o), tokens) for o in objs]
         row = torch.tensor(ids)
         row[row == image_id] = torch.tensor([t for f in frames for t in f])
         input_ids[i, off:] = row
@@ -370,7 +397,8 @@ def train_small_reference(
             mask = evidence_frame_mask(dv.timestamps, item.evidence)
             if mask is None:
                 mask = np.zeros(len(dv.frames), dtype=bool)
-            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence))
+            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence),
+                                 frame_objects(item, dv.timestamps))
         if not item.evidence:
             skipped.append({"id": item.id, "reason": "no evidence spans"})
             continue
@@ -396,8 +424,8 @@ def train_small_reference(
     kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
     kind_p = kind_p / kind_p.sum()
     tokens = prompts.tokens_per_image
-    described = [it for it in train_items if _describable(it)]
-    words = ["clutter", *sorted({w for it in described for w in (it.meta["color"], it.meta["shape"])}
+    described = [it for it in train_items if _describable(it, videos[str(it.video)])]
+    words = ["clutter", *sorted({w for it in described for o in videos[str(it.video)].objects if o for w in o}
                                 | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
     word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
     paste_colours = [c for c in COLORS if c in word_ids]
@@ -421,29 +449,33 @@ def train_small_reference(
     # Stage 1: the language model learns to answer from frames given as words.
     def align_step() -> tuple[torch.Tensor, float]:
         k, items_, kinds_ = draw_batch(described)
-        kinds_ = ["negative" if kd == "negative" else "positive" for kd in kinds_]
-        hidden, option_pos = _pseudo_forward(model, prompts, word_ids, [(it, k) for it in items_], kinds_, tokens, rng)
+        batch = []
+        for it, kind in zip(items_, kinds_, strict=True):
+            v = videos[str(it.video)]
+            batch.append((it, [v.objects[i] for i in sample_subset(rng, v, k, kind)]))
+        hidden, option_pos = _pseudo_forward(model, prompts, word_ids, batch, tokens)
         return answer_loss(hidden, option_pos, items_, kinds_)
 
     # Stage 2: the vision tower and projector learn to say those words from pixels.
-    needle_frames = [(it, i) for it in described for i in videos[str(it.video)].spans[0]] if described else []
+    object_frames = [(str(it.video), i) for it in described
+                     for i, o in enumerate(videos[str(it.video)].objects) if o is not None]
 
     def vision_step() -> tuple[torch.Tensor, float]:
         n_hay = cfg.vision_batch_size // 4
         n_needle = cfg.vision_batch_size - n_hay
         n_paste = int(round(cfg.paste_fraction * n_needle)) if paste_colours and paste_shapes else 0
-        picks = [needle_frames[i] for i in rng.integers(0, len(needle_frames), n_needle - n_paste)]
+        picks = [object_frames[i] for i in rng.integers(0, len(object_frames), n_needle - n_paste)]
         hay = []
         for i in rng.integers(0, len(described), n_hay + n_paste):
             v = videos[str(described[i].video)]
-            pool = np.flatnonzero(~v.evidence_mask)
-            hay.append(v.frames[int(rng.choice(pool)) if len(pool) else 0])
+            pool = [j for j, o in enumerate(v.objects) if o is None]
+            hay.append(v.frames[int(rng.choice(pool)) if pool else 0])
         pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), paste_colours, paste_shapes) \
             if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
-        frames = np.concatenate([np.stack([videos[str(it.video)].frames[i] for it, i in picks]), pasted,
+        frames = np.concatenate([np.stack([videos[key].frames[i] for key, i in picks]), pasted,
                                  np.stack(hay[:n_hay])])
-        colours = [it.meta["color"] for it, _ in picks] + p_colours + [None] * n_hay
-        shapes = [it.meta["shape"] for it, _ in picks] + p_shapes + [None] * n_hay
+        colours = [videos[key].objects[i][0] for key, i in picks] + p_colours + [None] * n_hay
+        shapes = [videos[key].objects[i][1] for key, i in picks] + p_shapes + [None] * n_hay
         frames = dihedral_shift(rng, frames)
         frames, colours = permute_channels(rng, frames, colours)
         with torch.no_grad():
@@ -464,7 +496,7 @@ def train_small_reference(
 
     # (name, step, steps, learning rate, trains only the vision tower + projector, tower frozen)
     stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False, False),
-              ("vision", vision_step, cfg.vision_steps if needle_frames else 0, cfg.vision_lr, True, False),
+              ("vision", vision_step, cfg.vision_steps if object_frames else 0, cfg.vision_lr, True, False),
               ("joint", joint_step, cfg.steps, cfg.joint_lr, False, not cfg.joint_trains_vision)]
     stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
     for stage, step_fn, steps, lr, vision_only, tower_frozen in stages:
@@ -491,6 +523,9 @@ def train_small_reference(
         "skipped": skipped,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": stage_seconds,
+        # questions whose frames' objects are known (stages 1-2) and the object frames of stage 2
+        "described_questions": len(described),
+        "object_frames": len(object_frames),
         **val,
         "config": asdict(cfg),
         "history": history,

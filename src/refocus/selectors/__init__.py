@@ -112,7 +112,8 @@ def available_selectors() -> list[str]:
 
 
 def get_selector(
-    spec: str, *, seed: int = 0, mode: str | None = None, device: Any = None, dtype: Any = None
+    spec: str, *, seed: int = 0, mode: str | None = None, device: Any = None, dtype: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> Selector:
     """Build the selector described by ``spec`` (``NAME`` or ``NAME:ARG``).
 
@@ -120,7 +121,9 @@ def get_selector(
     ``mode``: for selectors with modes (``policy``: sample / greedy / distribution); None
     means the selector's default. ``device`` / ``dtype``: where a selector with a model runs
     (see :func:`refocus.distributed.resolve_device`); passed only to selectors whose
-    ``from_spec`` takes them. Raises RefocusError for an unknown name or a bad argument.
+    ``from_spec`` takes them. ``options``: selector keywords (the policy's ``num_samples``,
+    ``candidate``, ``uniform_below``), for selectors whose ``from_spec`` takes ``options``.
+    Raises RefocusError for an unknown name or a bad argument.
     """
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
@@ -129,4 +132,8 @@ def get_selector(
         raise RefocusError(f"unknown selector {spec!r}; available: {', '.join(available_selectors())}")
     accepted = inspect.signature(cls.from_spec).parameters
     placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if k in accepted and v is not None}
+    if options:
+        if "options" not in accepted:
+            raise RefocusError(f"selector {name!r} takes no options ({', '.join(sorted(options))})")
+        placement["options"] = options
     return cls.from_spec(arg or None, seed=seed, mode=mode, **placement)
