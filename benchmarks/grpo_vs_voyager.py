@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -56,15 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from refocus.data.questions import load_questions
     from refocus.data.synth import make_benchmark
-    from refocus.evaluation import evaluate
-    from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
+    from refocus.filtering.filter import FilterConfig
+    from refocus.pipeline import Laps, evaluate_selectors, filter_split
     from refocus.reference import load_reference
     from refocus.selectors import get_selector
     from refocus.selectors.policy import PolicySelector
     from refocus.selectors.voyager import VoyagerSelector
     from refocus.training.config import load_config, packaged_config
     from refocus.training.train import train_policy
-    from refocus.video.stores import FrameStore
     from refocus.voyager.config import CollectConfig, load_voyager_config
     from refocus.voyager.train import run_voyager
 
@@ -72,14 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or Path(tempfile.mkdtemp(prefix="grpo_vs_voyager-"))
     out.mkdir(parents=True, exist_ok=True)
     lo, hi = (int(x) for x in args.frames.split(","))
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
+    lap = Laps()
 
     def split(name: str, videos: int, seed: int) -> Path:
         qa = out / name / "qa.jsonl"
@@ -101,11 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     lap("reference")
 
     filter_cfg = FilterConfig(tau=args.tau, frames_per_subset=args.budget)
-    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=False)
-    info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
-    filter_calls = 16 * len(filtered.scored)
+    kept_qa, info, scored = filter_split(train_qa, reference, filter_cfg, out, progress=False)
+    filter_calls = 16 * scored
     grpo_cfg = load_config(packaged_config("tiny"), seed=args.run_seed).shortened(args.grpo_steps)
-    grpo = train_policy(out / "filter" / "train.filtered.jsonl", ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
+    grpo = train_policy(kept_qa, ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
     lap("grpo")
 
     calls = {"refocus": {"filter": filter_calls, "train": grpo.reference_calls,
@@ -123,15 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
         lap(f"voyager-{scoring}")
 
     heldout = load_questions(heldout_qa)
-    store = FrameStore()
     selectors = {"uniform": get_selector("uniform")}
     for scoring, run in voyagers.items():
         selectors[f"voyager-{scoring}"] = VoyagerSelector.from_dir(run["policy_dir"], name=f"voyager-{scoring}")
     selectors["refocus"] = PolicySelector.from_dir(grpo.policy_dir, name="refocus")
     selectors["oracle"] = get_selector("oracle")
     table = {}
-    for name, selector in selectors.items():
-        r = evaluate(heldout, reference, selector, [args.budget], 1, store=store, progress=False)["budgets"][args.budget]
+    for name, r in evaluate_selectors(heldout, reference, selectors, args.budget, 1, progress=False).items():
         table[name] = {"accuracy": r["accuracy"], "evidence_recall": r["evidence_recall"],
                        "evidence_recall_all": r["evidence_recall_all"], "per_category": r["per_category"],
                        "reference_calls": calls.get(name, {}).get("total", 0)}
@@ -150,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "pair_accuracy": r["last_metrics"].get("train/pair_accuracy")}
                           for s, r in voyagers.items()},
         "grpo": {"steps": grpo.steps, "kept": info["kept"], "total": info["total"]},
-        "timings_s": timings, "args": {k: str(v) for k, v in vars(args).items()}, "out": str(out),
+        "timings_s": lap.seconds, "args": {k: str(v) for k, v in vars(args).items()}, "out": str(out),
     }
     (out / f"results-{args.run_seed}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -153,3 +153,19 @@ def test_import_loads_no_torch(module):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_no_function_in_src_is_over_100_lines():
+    long = []
+    for path in sorted((SRC / "refocus").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1  # decorators excluded, docstring included
+                if lines > 100:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_test_fixtures_are_not_in_the_package():
+    assert not (SRC / "refocus" / "reference" / "tiny.py").exists()
+    assert (Path(__file__).parent / "tiny_models.py").is_file()

@@ -158,9 +158,9 @@ def test_registry_errors_and_plugins():
         assert sel.select(fake_video(10), fake_item("a"), 3) == [7, 8, 9]
         assert "lastframes-test" in available_selectors()
     finally:
-        from refocus.selectors import _REGISTRY
+        from refocus.selectors import SELECTORS
 
-        _REGISTRY.pop("lastframes-test")
+        SELECTORS.unregister("lastframes-test")
 
 
 # ---------------------------------------------------------------------------- policy
@@ -281,3 +281,16 @@ def test_policy_selector_defaults_to_bf16_on_cuda(policy_dir, niah):
     greedy = sel.select(videos[0], items[0], 6)
     cpu = get_selector(f"policy:{policy_dir}", device="cpu", dtype="float32").select(videos[0], items[0], 6)
     assert len(greedy) == 6 and len(set(greedy) & set(cpu)) >= 4  # bf16 may flip near-ties
+
+
+def test_selector_specs_take_key_value_options():
+    from refocus.selectors import parse_spec
+
+    assert parse_spec("policy:runs/x/policy") == ("policy", "runs/x/policy", {})
+    assert parse_spec("policy:dir=runs/x,mode=sample") == ("policy", None, {"dir": "runs/x", "mode": "sample"})
+    assert parse_spec("policy:/a=b/c") == ("policy", "/a=b/c", {})  # a path stays the bare argument
+    assert parse_spec("uniform") == ("uniform", None, {})
+    with pytest.raises(RefocusError, match="no option 'colour'"):
+        get_selector("random:colour=red")
+    with pytest.raises(RefocusError, match="not a policy checkpoint"):
+        get_selector("policy:dir=/nonexistent/policy,mode=greedy")

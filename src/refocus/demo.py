@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -183,20 +182,11 @@ def get_small_reference(train_qas: list[Path], cfg: DemoConfig, progress: bool) 
 
 def filter_training_split(train_qa: Path, reference, cfg: DemoConfig, out: Path, progress: bool):
     """Appendix-A filtering of the training split; returns (question file to train on, info, scored)."""
-    from refocus.data.questions import load_questions, write_questions
-    from refocus.filtering.filter import FilterConfig, run_filter, write_filter_outputs
+    from refocus.filtering.filter import FilterConfig
+    from refocus.pipeline import filter_split
 
     filter_cfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
-    filtered = run_filter(load_questions(train_qa), reference, filter_cfg, progress=progress)
-    info = write_filter_outputs(filtered, out / "filter" / "train.filtered.jsonl", filter_cfg)
-    kept_qa = out / "filter" / "train.filtered.jsonl"
-    if info["kept"] < cfg.min_train_items:
-        # A weak reference (e.g. --quick) gives flat margins: train on the most variable items.
-        ranked = sorted(filtered.scored, key=lambda pair: -pair[1]["variance"])[: cfg.min_train_items]
-        kept_qa = out / "filter" / "train.top_variance.jsonl"
-        write_questions(kept_qa, [it for it, _ in ranked], extra=[r for _, r in ranked])
-        info["fallback"] = f"only {info['kept']} items passed tau; trained on the {len(ranked)} most variable"
-    return kept_qa, info, len(filtered.scored)
+    return filter_split(train_qa, reference, filter_cfg, out, min_train_items=cfg.min_train_items, progress=progress)
 
 
 def train_policies(train_qa: Path, ref_dir: Path, cfg: DemoConfig, out: Path, progress: bool) -> dict:
@@ -224,10 +214,9 @@ def train_policies(train_qa: Path, ref_dir: Path, cfg: DemoConfig, out: Path, pr
 
 def evaluate_selectors(heldout, reference, cfg: DemoConfig, out: Path, calls: dict, voyager_dir, progress: bool):
     """Every selector on the held-out split at the task's budget; returns (table, selectors)."""
-    from refocus.evaluation import evaluate, write_evaluation
+    from refocus.pipeline import evaluate_selectors as evaluate_budget
     from refocus.selectors import get_selector
     from refocus.selectors.policy import PolicySelector
-    from refocus.video.stores import FrameStore
 
     selectors = {"uniform": get_selector("uniform", seed=cfg.seed), "random": get_selector("random", seed=cfg.seed)}
     if (out / "policy-blind").is_dir() and cfg.task == "query":
@@ -238,12 +227,10 @@ def evaluate_selectors(heldout, reference, cfg: DemoConfig, out: Path, calls: di
         from refocus.selectors.voyager import VoyagerSelector
 
         selectors["voyager"] = VoyagerSelector.from_dir(voyager_dir, name="voyager", seed=cfg.seed)
-    store = FrameStore()
+    results = evaluate_budget(heldout, reference, selectors, cfg.eval_budget, cfg.seeds, out=out / "eval",
+                              progress=progress)
     table = {}
-    for name, selector in selectors.items():
-        result = evaluate(heldout, reference, selector, [cfg.eval_budget], cfg.seeds, store=store, progress=progress)
-        write_evaluation(result, out / "eval" / name)
-        r = result["budgets"][cfg.eval_budget]
+    for name, r in results.items():
         table[name] = {key: r[key] for key in ("accuracy", "accuracy_std", "evidence_recall", "evidence_recall_all",
                                                "per_category", "seconds_per_item")}
         table[name]["training_reference_calls"] = calls.get(name)
@@ -257,20 +244,13 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
     import torch
 
     from refocus.data.questions import load_questions
+    from refocus.pipeline import Laps
     from refocus.reference import load_reference
 
     cfg = DemoConfig.quick_config(task) if quick else DemoConfig(task=task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
-
+    lap = Laps()
     # Tiny models: one thread avoids oversubscription and is as fast as two here.
     torch.set_num_threads(1)
     splits = synth_splits(cfg, progress)
@@ -321,7 +301,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         "train": {name: {"steps": r.steps, "reference_calls": r.reference_calls, "last_metrics": r.last_metrics}
                   for name, r in runs.items()},
         "niah": niah,
-        "timings_s": timings,
+        "timings_s": lap.seconds,
         "config": asdict(cfg) | {"quick": quick},
     }
     curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
@@ -332,9 +312,9 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         "filter": "filter/train.filtered.variance.png",
     })
     lap("report")
-    results["timings_s"] = timings
+    results["timings_s"] = lap.seconds
     write_json(out / "results.json", results)
-    return DemoResult(out, results, timings)
+    return DemoResult(out, results, lap.seconds)
 
 
 def _niah_heatmap(reference, selectors, cfg: DemoConfig, out: Path, progress: bool) -> dict:

@@ -38,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"refocus.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"refocus.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"refocus.cli.{name}").register(sub)  # a missing module is a bug
     return parser
 
 

@@ -7,6 +7,7 @@ import json
 import time
 
 from refocus.cli._common import add_decode_arguments
+from refocus.video import DECODERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("video", metavar="VIDEO", help="video file (any container FFmpeg reads)")
     add_decode_arguments(p, size=True)
-    p.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"],
+    p.add_argument("--backend", default="pyav", choices=DECODERS.names(),
                    help="decoder (default pyav; decord/torchcodec are optional extras)")
     p.add_argument("--no-autorotate", action="store_true",
                    help="keep the stored orientation instead of applying the display matrix "

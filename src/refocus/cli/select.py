@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from refocus.cli._common import add_decode_arguments
 from refocus.distributed import add_device_arguments
-from refocus.video.config import DecodeConfig
-
-DEFAULT_DECODE_SIZE = 64
-"""Decode size for selectors that ignore pixels (only the timestamps matter to them)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,50 +63,6 @@ def resolve_spec(args: argparse.Namespace) -> tuple[str, str | None]:
     return spec, mode
 
 
-def selection_records(
-    items: Iterable[Any],
-    selector: Any,
-    budget: int,
-    *,
-    fps: float = DecodeConfig.fps,
-    max_frames: int = DecodeConfig.max_frames,
-    progress: bool = True,
-) -> Iterator[dict]:
-    """One selection-file record per item; failures become records with an ``error`` field.
-
-    Videos are decoded at the selector's image size (``DEFAULT_DECODE_SIZE`` if it has none);
-    consecutive items of the same video reuse one decode.
-    """
-    from tqdm.auto import tqdm
-
-    from refocus.errors import RefocusError
-    from refocus.selectors import validate_indices
-    from refocus.video import load_video
-
-    size = selector.image_size or DEFAULT_DECODE_SIZE
-    last: tuple[str, Any] | None = None
-    for item in tqdm(list(items), desc=f"select {selector.name}", unit="item", disable=not progress):
-        record = {"id": item.id, "video": str(item.video), "selector": selector.name,
-                  "mode": getattr(selector, "mode", None), "budget": budget, "seed": selector.seed}
-        try:
-            if last is None or last[0] != str(item.video):
-                last = (str(item.video), load_video(item.video, fps=fps, max_frames=max_frames, size=size))
-            video = last[1]
-            indices = validate_indices(selector.select(video, item, budget), video.num_frames, budget,
-                                       selector.name)
-        except RefocusError as exc:
-            record["error"] = " ".join(str(exc).split())
-            yield record
-            continue
-        record.update(
-            indices=indices,
-            timestamps=[round(float(video.timestamps[i]), 6) for i in indices],
-            num_frames=video.num_frames,
-            fps=round(float(video.fps), 6),
-        )
-        yield record
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -121,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from refocus.data.questions import load_questions
     from refocus.errors import RefocusError
     from refocus.selectors import get_selector
+    from refocus.selectors.records import selection_records
 
     if args.budget < 1:
         raise RefocusError(f"--budget must be >= 1, got {args.budget}")

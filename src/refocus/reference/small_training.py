@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -360,37 +361,36 @@ def _masked_option_logits(logits: torch.Tensor, items: list[QAItem]) -> torch.Te
     return logits.masked_fill(invalid, float("-inf"))
 
 
-def train_small_reference(
-    items: list[QAItem],
-    out_dir: str | Path,
-    config: SmallReferenceTrainConfig | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train, evaluate on held-out questions, save an HF checkpoint to ``out_dir``.
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the small reference model's training."""
 
-    Returns the summary written to ``out_dir/reference_train.json``.
-    """
+    name: str
+    step: Callable[[], tuple[torch.Tensor, float]]
+    """One optimiser step's loss and training accuracy (nan where there is none)."""
+    steps: int
+    lr: float
+    vision_only: bool = False
+    """Train only the vision tower and the projector."""
+    tower_frozen: bool = False
+    """Freeze the vision tower (eval mode, no gradients) from this stage on."""
+
+
+def _decode_items(items: list[QAItem], cfg: SmallReferenceTrainConfig, progress: bool):
+    """Decoded videos by path, the questions usable for training (decodable, with evidence), skipped."""
     from tqdm.auto import tqdm
 
-    from refocus.reference.small_model import build_small_reference, train_tokenizer
-    from refocus.seeding import seed_everything
     from refocus.video import load_video
-
-    cfg = config or SmallReferenceTrainConfig()
-    seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    out_dir = Path(out_dir)
-    t0 = time.time()
 
     videos: dict[str, _Video] = {}
     usable: list[QAItem] = []
     skipped: list[dict] = []
-    size = cfg.model.image_size
     for item in tqdm(items, desc="decode", disable=not progress):
         key = str(item.video)
         if key not in videos:
             try:
-                dv = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames, size=size)
+                dv = load_video(item.video, fps=cfg.decode.fps, max_frames=cfg.decode.max_frames,
+                                size=cfg.model.image_size)
             except Exception as exc:  # noqa: BLE001 - reported per item, never fatal
                 skipped.append({"id": item.id, "reason": str(exc)})
                 continue
@@ -407,70 +407,80 @@ def train_small_reference(
         from refocus.errors import RefocusError
 
         raise RefocusError("no usable training questions (need decodable videos with evidence spans)")
-    train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
-    val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
+    return videos, usable, skipped
 
-    tokenizer = train_tokenizer([it.question for it in usable], [it.options for it in usable])
-    model, processor = build_small_reference(tokenizer, cfg.model)
-    if cfg.compose_option_embeddings:
-        compose_option_embeddings(model, tokenizer)
-    model.train()
-    prompts = _PromptCache(processor, cfg.model.tokens_per_image)
-    letter_ids = _letter_ids(tokenizer)
-    answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
 
-    kinds = ["positive", "partial", "negative"]
-    p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
-    kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
-    kind_p = kind_p / kind_p.sum()
-    tokens = prompts.tokens_per_image
-    described = [it for it in train_items if _describable(it, videos[str(it.video)])]
-    words = ["clutter", *sorted({w for it in described for o in videos[str(it.video)].objects if o for w in o}
-                                | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
-    word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
-    paste_colours = [c for c in COLORS if c in word_ids]
-    paste_shapes = [s for s in SHAPES if s in word_ids]
-    history: list[dict] = []
+class _StageSteps:
+    """The model, data and random state the three stages share; one method per stage."""
 
-    def draw_batch(pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
+    KINDS = ("positive", "partial", "negative")
+
+    def __init__(self, model, processor, tokenizer, cfg: SmallReferenceTrainConfig, rng: np.random.Generator,
+                 videos: dict[str, _Video], train_items: list[QAItem]) -> None:
+        self.model, self.cfg, self.rng, self.videos, self.train_items = model, cfg, rng, videos, train_items
+        self.prompts = _PromptCache(processor, cfg.model.tokens_per_image)
+        self.letter_ids = _letter_ids(tokenizer)
+        self.answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
+        p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
+        kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
+        self.kind_p = kind_p / kind_p.sum()
+        self.tokens = self.prompts.tokens_per_image
+        self.described = [it for it in train_items if _describable(it, videos[str(it.video)])]
+        words = ["clutter", *sorted({w for it in self.described for o in videos[str(it.video)].objects if o for w in o}
+                                    | {w for w in (*COLORS, *SHAPES) if w in tokenizer.get_vocab()})]
+        self.word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
+        self.paste_colours = [c for c in COLORS if c in self.word_ids]
+        self.paste_shapes = [s for s in SHAPES if s in self.word_ids]
+        self.object_frames = [(str(it.video), i) for it in self.described
+                              for i, o in enumerate(videos[str(it.video)].objects) if o is not None]
+
+    def stages(self) -> list[Stage]:
+        cfg = self.cfg
+        return [
+            Stage("align", self.align_step, cfg.align_steps if self.described else 0, cfg.lr),
+            Stage("vision", self.vision_step, cfg.vision_steps if self.object_frames else 0, cfg.vision_lr,
+                  vision_only=True),
+            Stage("joint", self.joint_step, cfg.steps, cfg.joint_lr, tower_frozen=not cfg.joint_trains_vision),
+        ]
+
+    def draw_batch(self, pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
+        rng, cfg = self.rng, self.cfg
         k = int(rng.choice(cfg.frames_per_example))
         items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
-        return k, items_, [kinds[int(rng.choice(3, p=kind_p))] for _ in items_]
+        return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
 
-    def answer_loss(hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
-        logits = _masked_option_logits(model.lm_head(hidden[:, -1]).float()[:, letter_ids], items_)
+    def answer_loss(self, hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
+        logits = _masked_option_logits(self.model.lm_head(hidden[:, -1]).float()[:, self.letter_ids], items_)
         target = torch.tensor([it.answer_index for it in items_])
         loss = F.cross_entropy(logits, target)
-        if cfg.aux_weight:
-            loss = loss + cfg.aux_weight * _aux_losses(model, hidden, option_pos, items_, kinds_,
-                                                      letter_ids, answer_vocab)
+        if self.cfg.aux_weight:
+            loss = loss + self.cfg.aux_weight * _aux_losses(self.model, hidden, option_pos, items_, kinds_,
+                                                           self.letter_ids, self.answer_vocab)
         return loss, (logits.argmax(-1) == target).float().mean().item()
 
-    # Stage 1: the language model learns to answer from frames given as words.
-    def align_step() -> tuple[torch.Tensor, float]:
-        k, items_, kinds_ = draw_batch(described)
+    def align_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 1: the language model learns to answer from frames given as words."""
+        k, items_, kinds_ = self.draw_batch(self.described)
         batch = []
         for it, kind in zip(items_, kinds_, strict=True):
-            v = videos[str(it.video)]
-            batch.append((it, [v.objects[i] for i in sample_subset(rng, v, k, kind)]))
-        hidden, option_pos = _pseudo_forward(model, prompts, word_ids, batch, tokens)
-        return answer_loss(hidden, option_pos, items_, kinds_)
+            v = self.videos[str(it.video)]
+            batch.append((it, [v.objects[i] for i in sample_subset(self.rng, v, k, kind)]))
+        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
+        return self.answer_loss(hidden, option_pos, items_, kinds_)
 
-    # Stage 2: the vision tower and projector learn to say those words from pixels.
-    object_frames = [(str(it.video), i) for it in described
-                     for i, o in enumerate(videos[str(it.video)].objects) if o is not None]
-
-    def vision_step() -> tuple[torch.Tensor, float]:
+    def vision_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 2: the vision tower and projector learn to say those words from pixels."""
+        rng, cfg, videos = self.rng, self.cfg, self.videos
         n_hay = cfg.vision_batch_size // 4
         n_needle = cfg.vision_batch_size - n_hay
-        n_paste = int(round(cfg.paste_fraction * n_needle)) if paste_colours and paste_shapes else 0
-        picks = [object_frames[i] for i in rng.integers(0, len(object_frames), n_needle - n_paste)]
+        n_paste = int(round(cfg.paste_fraction * n_needle)) if self.paste_colours and self.paste_shapes else 0
+        picks = [self.object_frames[i] for i in rng.integers(0, len(self.object_frames), n_needle - n_paste)]
         hay = []
-        for i in rng.integers(0, len(described), n_hay + n_paste):
-            v = videos[str(described[i].video)]
+        for i in rng.integers(0, len(self.described), n_hay + n_paste):
+            v = videos[str(self.described[i].video)]
             pool = [j for j, o in enumerate(v.objects) if o is None]
             hay.append(v.frames[int(rng.choice(pool)) if pool else 0])
-        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), paste_colours, paste_shapes) \
+        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), self.paste_colours, self.paste_shapes) \
             if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
         frames = np.concatenate([np.stack([videos[key].frames[i] for key, i in picks]), pasted,
                                  np.stack(hay[:n_hay])])
@@ -479,41 +489,71 @@ def train_small_reference(
         frames = dihedral_shift(rng, frames)
         frames, colours = permute_channels(rng, frames, colours)
         with torch.no_grad():
-            target = torch.stack([_word_frame_embeddings(model, word_ids, ["clutter"] if c is None else [c, s], tokens)
-                                  for c, s in zip(colours, shapes, strict=True)])
-        pred = _image_tokens(model, pixel_values_from_frames(frames))
+            target = torch.stack([
+                _word_frame_embeddings(self.model, self.word_ids, ["clutter"] if c is None else [c, s], self.tokens)
+                for c, s in zip(colours, shapes, strict=True)])
+        pred = _image_tokens(self.model, pixel_values_from_frames(frames))
         return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
 
-    # Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision).
-    def joint_step() -> tuple[torch.Tensor, float]:
-        k, items_, kinds_ = draw_batch(train_items)
+    def joint_step(self) -> tuple[torch.Tensor, float]:
+        """Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision)."""
+        k, items_, kinds_ = self.draw_batch(self.train_items)
         batch = []
         for it, kind in zip(items_, kinds_, strict=True):
-            v = videos[str(it.video)]
-            batch.append((it, v.frames[sample_subset(rng, v, k, kind)]))
-        hidden, option_pos = _batch_forward(model, prompts, batch)
-        return answer_loss(hidden, option_pos, items_, kinds_)
+            v = self.videos[str(it.video)]
+            batch.append((it, v.frames[sample_subset(self.rng, v, k, kind)]))
+        hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
+        return self.answer_loss(hidden, option_pos, items_, kinds_)
 
-    # (name, step, steps, learning rate, trains only the vision tower + projector, tower frozen)
-    stages = [("align", align_step, cfg.align_steps if described else 0, cfg.lr, False, False),
-              ("vision", vision_step, cfg.vision_steps if object_frames else 0, cfg.vision_lr, True, False),
-              ("joint", joint_step, cfg.steps, cfg.joint_lr, False, not cfg.joint_trains_vision)]
+
+def _run_stage(model, stage: Stage, cfg: SmallReferenceTrainConfig, history: list[dict], progress: bool) -> None:
+    if stage.tower_frozen:
+        # Batch norm keeps its running statistics, and no gradients flow into the tower
+        # (LeViT caches its attention biases in eval mode; with gradients on, that cache
+        # would tie every step's graph to the first one's).
+        model.model.vision_tower.eval().requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if p.requires_grad
+              and (not stage.vision_only or "vision_tower" in n or "multi_modal_projector" in n)]
+    _optimise(stage.name, stage.step, params, stage.steps, stage.lr, cfg, history, progress)
+
+
+def train_small_reference(
+    items: list[QAItem],
+    out_dir: str | Path,
+    config: SmallReferenceTrainConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train, evaluate on held-out questions, save an HF checkpoint to ``out_dir``.
+
+    Returns the summary written to ``out_dir/reference_train.json``.
+    """
+    from refocus.reference.small_model import build_small_reference, train_tokenizer
+    from refocus.seeding import seed_everything
+
+    cfg = config or SmallReferenceTrainConfig()
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    videos, usable, skipped = _decode_items(items, cfg, progress)
+    train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
+    val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
+
+    tokenizer = train_tokenizer([it.question for it in usable], [it.options for it in usable])
+    model, processor = build_small_reference(tokenizer, cfg.model)
+    if cfg.compose_option_embeddings:
+        compose_option_embeddings(model, tokenizer)
+    model.train()
+    steps = _StageSteps(model, processor, tokenizer, cfg, rng, videos, train_items)
+    history: list[dict] = []
     stage_seconds = {"setup": round(time.time() - t0, 1)}  # decoding, tokenizer, model build
-    for stage, step_fn, steps, lr, vision_only, tower_frozen in stages:
-        if steps <= 0:
-            continue
-        started = time.time()
-        if tower_frozen:
-            # Batch norm keeps its running statistics, and no gradients flow into the tower
-            # (LeViT caches its attention biases in eval mode; with gradients on, that cache
-            # would tie every step's graph to the first one's).
-            model.model.vision_tower.eval().requires_grad_(False)
-        params = [p for n, p in model.named_parameters() if p.requires_grad
-                  and (not vision_only or "vision_tower" in n or "multi_modal_projector" in n)]
-        _optimise(stage, step_fn, params, steps, lr, cfg, history, progress)
-        stage_seconds[stage] = round(time.time() - started, 1)
+    for stage in steps.stages():
+        if stage.steps > 0:
+            started = time.time()
+            _run_stage(model, stage, cfg, history, progress)
+            stage_seconds[stage.name] = round(time.time() - started, 1)
     model.eval()
-    val = evaluate_small_reference(model, prompts, letter_ids, val_items, videos, cfg, rng)
+    val = evaluate_small_reference(model, steps.prompts, steps.letter_ids, val_items, videos, cfg, rng)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -524,8 +564,8 @@ def train_small_reference(
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": stage_seconds,
         # questions whose frames' objects are known (stages 1-2) and the object frames of stage 2
-        "described_questions": len(described),
-        "object_frames": len(object_frames),
+        "described_questions": len(steps.described),
+        "object_frames": len(steps.object_frames),
         **val,
         "config": asdict(cfg),
         "history": history,

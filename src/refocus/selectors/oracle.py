@@ -13,7 +13,6 @@ import numpy as np
 
 from refocus.data.evidence import evidence_spans_frames
 from refocus.errors import RefocusError
-from refocus.selectors import register_selector
 from refocus.selectors.base import BaseSelector, VideoFrames, uniform_indices
 
 
@@ -83,7 +82,6 @@ def oracle_indices(timestamps: np.ndarray, evidence: Sequence[Sequence[float]], 
     return sorted(chosen)
 
 
-@register_selector("oracle")
 class OracleSelector(BaseSelector):
     """Evidence frames first (at least one from every span before a second from any), then
     uniform fill; see :func:`oracle_indices`. Raises RefocusError for an item without

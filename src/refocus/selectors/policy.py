@@ -39,7 +39,6 @@ import numpy as np
 
 from refocus.errors import RefocusError
 from refocus.seeding import item_seed
-from refocus.selectors import register_selector
 from refocus.selectors.base import VideoFrames, check_budget
 
 MODES = ("greedy", "sample", "distribution", "official")
@@ -71,7 +70,6 @@ def official_export(
 DEFAULT_MODE = "greedy"
 
 
-@register_selector("policy")
 class PolicySelector:
     """Frame selection by a trained :class:`refocus.policy.FramePolicy`.
 
@@ -87,6 +85,8 @@ class PolicySelector:
     """
 
     deterministic: bool
+    spec_arg = "dir"
+    """The ``key=value`` spec option that is the bare argument: ``policy:dir=DIR``."""
 
     def __init__(
         self,
@@ -150,12 +150,14 @@ class PolicySelector:
     @classmethod
     def from_spec(
         cls, arg: str | None, *, seed: int = 0, mode: str | None = None, device: Any = None,
-        dtype: Any = None, options: dict[str, Any] | None = None,
+        dtype: Any = None, num_samples: int = 64, candidate: int = 0, uniform_below: int = 128,
     ) -> PolicySelector:
-        """``options``: constructor keywords (``num_samples``, ``candidate``, ``uniform_below``, ...)."""
+        """``num_samples`` (distribution / official candidates), ``candidate`` and ``uniform_below``
+        (official) are spec options: ``policy:DIR,mode=official,uniform_below=0``."""
         if not arg:
             raise RefocusError("the policy selector needs a checkpoint directory: policy:DIR")
-        return cls.from_dir(arg, seed=seed, mode=mode, device=device, dtype=dtype, **(options or {}))
+        return cls.from_dir(arg, seed=seed, mode=mode, device=device, dtype=dtype, num_samples=int(num_samples),
+                            candidate=int(candidate), uniform_below=int(uniform_below))
 
     def reseed(self, seed: int) -> None:
         self.seed = int(seed)

@@ -7,11 +7,9 @@ from typing import Any
 import numpy as np
 
 from refocus.seeding import item_seed
-from refocus.selectors import register_selector
 from refocus.selectors.base import BaseSelector, VideoFrames
 
 
-@register_selector("random")
 class RandomSelector(BaseSelector):
     """``budget`` frames drawn without replacement, returned sorted.
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from refocus.selectors import register_selector
 from refocus.selectors.base import BaseSelector, VideoFrames, uniform_indices
 
 
-@register_selector("uniform")
 class UniformSelector(BaseSelector):
     """The midpoints of ``budget`` equal bins over the T decoded frames.
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from refocus.errors import RefocusError
-from refocus.selectors import register_selector
 from refocus.selectors.base import VideoFrames, check_budget
 from refocus.selectors.policy import PolicySelector
 from refocus.voyager.config import SCORINGS, VOYAGER_FILE
@@ -39,7 +38,6 @@ def resolve_policy_dir(path: str | Path) -> Path:
     raise RefocusError(f"{path}: not a Frame-Voyager run or policy directory (no {VOYAGER_FILE})")
 
 
-@register_selector("voyager")
 class VoyagerSelector(PolicySelector):
     """Frame selection by a Frame-Voyager ranker (see the module docstring).
 

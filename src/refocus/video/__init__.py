@@ -16,10 +16,11 @@ import os
 from collections.abc import Callable
 
 from refocus.errors import ConfigError
+from refocus.registry import Registry
 from refocus.video.config import DecodeConfig
 from refocus.video.types import DecodedVideo
 
-__all__ = ["BACKENDS", "DecodedVideo", "available_backends", "load_video"]
+__all__ = ["BACKENDS", "DECODERS", "DecodedVideo", "available_backends", "load_video"]
 
 BACKENDS: dict[str, tuple[str, str, str]] = {
     # name: (module to import, decode function in refocus.video.<name>_backend, pip extra)
@@ -31,12 +32,18 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
         "pip install 'refocus[torchcodec]' (it also needs FFmpeg's shared libraries on the system)",
     ),
 }
-"""Registered decoders: the third-party module each needs, its function, how to install it."""
+"""The shipped decoders: the third-party module each needs, its function, how to install it."""
+DECODERS = Registry("decoders", {name: f"refocus.video.{name}_backend:{fn}" for name, (_, fn, _) in BACKENDS.items()},
+                    what="video backend")
+"""Backend name -> decode function, imported on first use; plug-ins register through the
+``refocus.decoders`` entry points."""
 
 
 @functools.cache
 def _import_error(backend: str) -> str | None:
     """Why ``backend`` cannot be used here (None when it can); the import is tried once."""
+    if backend not in BACKENDS:  # a plug-in: its own import is its check
+        return None
     module = BACKENDS[backend][0]
     try:
         importlib.import_module(module)
@@ -47,7 +54,7 @@ def _import_error(backend: str) -> str | None:
 
 def available_backends() -> list[str]:
     """Names of the backends that import on this machine (``pyav`` always, it is required)."""
-    return [name for name in BACKENDS if _import_error(name) is None]
+    return [name for name in DECODERS.names() if _import_error(name) is None]
 
 
 def _backend(name: str) -> Callable[..., DecodedVideo]:
@@ -56,8 +63,7 @@ def _backend(name: str) -> Callable[..., DecodedVideo]:
     if reason is not None:
         hint = BACKENDS[name][2]
         raise ConfigError(f"video backend {name!r} is not available ({reason}); {hint}")
-    module = importlib.import_module(f"refocus.video.{name}_backend")
-    return getattr(module, BACKENDS[name][1])
+    return DECODERS.load(name)
 
 
 def load_video(path: str | os.PathLike, fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames,
@@ -96,8 +102,8 @@ def load_video(path: str | os.PathLike, fps: float = DecodeConfig.fps, max_frame
         raise ConfigError(f"max_frames must be a positive integer, got {max_frames!r}")
     if int(size) != size or size < 1:
         raise ConfigError(f"size must be a positive integer, got {size!r}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in DECODERS:
+        raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(DECODERS.names())}")
 
     from refocus.video.probe import check_path
 

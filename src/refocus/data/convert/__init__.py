@@ -23,9 +23,7 @@ Rules shared by all converters:
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
-from refocus.data.convert import longvideobench, mlvu, nextqa, videomme, videommmu
 from refocus.data.convert._common import (
     ConvertReport,
     InvalidRow,
@@ -35,14 +33,13 @@ from refocus.data.convert._common import (
 from refocus.data.questions import QAItem, write_questions
 from refocus.errors import RefocusError
 from refocus.io import write_jsonl
+from refocus.registry import Registry
 
-CONVERTERS: dict[str, ModuleType] = {
-    "videomme": videomme,
-    "longvideobench": longvideobench,
-    "mlvu": mlvu,
-    "nextqa": nextqa,
-    "videommmu": videommmu,
-}
+CONVERTERS = Registry("converters", {
+    name: f"refocus.data.convert.{name}" for name in ("videomme", "longvideobench", "mlvu", "nextqa", "videommmu")
+}, what="benchmark")
+"""Benchmark name -> its converter module (``load``, ``row_to_item``, ...), imported on first
+use; plug-ins register through the ``refocus.converters`` entry points."""
 
 __all__ = ["CONVERTERS", "ConvertReport", "Skip", "convert", "skipped_path_for"]
 
@@ -60,9 +57,7 @@ def convert(
     Raises :class:`RefocusError` for an unknown benchmark, a missing ``src`` or ``videos``
     directory, or an unreadable source file; bad rows are skipped and reported instead.
     """
-    if name not in CONVERTERS:
-        raise RefocusError(f"unknown benchmark {name!r}; choose one of {', '.join(CONVERTERS)}")
-    module = CONVERTERS[name]
+    module = CONVERTERS.load(name)
     src, videos, out = Path(src), Path(videos), Path(out)
     if not src.exists():
         raise RefocusError(f"{src}: source file not found (--src)")

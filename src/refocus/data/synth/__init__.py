@@ -18,15 +18,29 @@ from pathlib import Path
 import numpy as np
 
 from refocus.data.questions import QAItem, write_questions
-from refocus.data.synth import multi, niah, query
 from refocus.data.synth.common import COLORS, SHAPES, Event, Sample, SynthConfig
 from refocus.data.synth.render import draw_object, render_frames
 from refocus.data.synth.writer import write_video
 from refocus.errors import RefocusError
+from refocus.registry import Registry
 
-PLANNERS = {"niah": niah.plan_niah, "query": query.plan_query, "multi": multi.plan_multi}
-MIN_FRAMES = {"niah": niah.MIN_FRAMES, "query": query.MIN_FRAMES, "multi": multi.MIN_FRAMES}
-KINDS = tuple(PLANNERS)
+SYNTH_KINDS = Registry("synth_kinds", {
+    "niah": "refocus.data.synth.niah:plan_niah",
+    "query": "refocus.data.synth.query:plan_query",
+    "multi": "refocus.data.synth.multi:plan_multi",
+}, what="synthetic benchmark")
+"""Kind -> its planner ``plan(rng, num_frames, index, cfg) -> Sample``, imported on first use; the
+planner's module holds ``MIN_FRAMES``. Plug-ins register through the ``refocus.synth_kinds``
+entry points."""
+KINDS = ("niah", "query", "multi")
+"""The kinds shipped with refocus."""
+
+
+def min_frames(kind: str) -> int:
+    """The shortest video (frames) a kind can be planned on."""
+    import sys
+
+    return int(sys.modules[SYNTH_KINDS.load(kind).__module__].MIN_FRAMES)
 
 __all__ = [
     "COLORS",
@@ -56,7 +70,7 @@ def plan_video(
     """The events and question of video ``index`` without rendering anything."""
     plan_rng, _ = video_rngs(kind, seed, index)
     num_frames = int(plan_rng.integers(frames[0], frames[1] + 1))
-    return PLANNERS[kind](plan_rng, num_frames, index, cfg)
+    return SYNTH_KINDS.load(kind)(plan_rng, num_frames, index, cfg)
 
 
 def make_benchmark(
@@ -127,14 +141,14 @@ def _item(kind: str, index: int, path: Path, sample: Sample, fps: float) -> QAIt
 
 
 def _check(kind: str, videos: int, frames: tuple[int, int], cfg: SynthConfig) -> None:
-    if kind not in PLANNERS:
-        raise RefocusError(f"unknown synthetic benchmark {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in SYNTH_KINDS:
+        raise RefocusError(f"unknown synthetic benchmark {kind!r}; choose from {', '.join(SYNTH_KINDS.names())}")
     if videos < 1:
         raise RefocusError(f"--videos must be at least 1, got {videos}")
     lo, hi = frames
-    if not MIN_FRAMES[kind] <= lo <= hi:
+    if not min_frames(kind) <= lo <= hi:
         raise RefocusError(
-            f"--frames for {kind} needs {MIN_FRAMES[kind]} <= MIN <= MAX, got {lo},{hi}"
+            f"--frames for {kind} needs {min_frames(kind)} <= MIN <= MAX, got {lo},{hi}"
         )
     if cfg.size < 32 or cfg.size % 2:
         raise RefocusError(f"--size must be an even number >= 32, got {cfg.size}")

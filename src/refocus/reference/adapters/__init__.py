@@ -6,21 +6,22 @@ torch or transformers), so a broken optional dependency affects only its own fam
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 from refocus.errors import RefocusError
+from refocus.registry import Registry, load_target
 
-ADAPTERS: dict[str, tuple[str, str]] = {
-    "llava": ("refocus.reference.adapters.llava", "LlavaReference"),
-    "internvl": ("refocus.reference.adapters.internvl", "InternVLReference"),
-    "qwen2_5_vl": ("refocus.reference.adapters.qwen2_5_vl", "Qwen2_5_VLReference"),
-    "llava_onevision": ("refocus.reference.adapters.llava_onevision", "LlavaOnevisionReference"),
-    "smolvlm": ("refocus.reference.adapters.smolvlm", "SmolVLMReference"),
-}
-"""model_type -> (module, class). Other model types use the generic adapter."""
-GENERIC = ("refocus.reference.adapters.generic", "GenericReference")
+ADAPTERS = Registry("reference_adapters", {
+    "llava": "refocus.reference.adapters.llava:LlavaReference",
+    "internvl": "refocus.reference.adapters.internvl:InternVLReference",
+    "qwen2_5_vl": "refocus.reference.adapters.qwen2_5_vl:Qwen2_5_VLReference",
+    "llava_onevision": "refocus.reference.adapters.llava_onevision:LlavaOnevisionReference",
+    "smolvlm": "refocus.reference.adapters.smolvlm:SmolVLMReference",
+}, what="reference adapter")
+"""config.model_type -> adapter class; other model types use the generic adapter. Plug-ins
+register through the ``refocus.reference_adapters`` entry points."""
+GENERIC = "refocus.reference.adapters.generic:GenericReference"
 UNSUPPORTED = {
     "internvl_chat": "original InternVL checkpoints need remote code; use the transformers "
     "'-hf' conversion (e.g. OpenGVLab/InternVL3-8B-hf)",
@@ -31,8 +32,7 @@ def adapter_class(model_type: str) -> type:
     """The adapter class for a ``config.model_type`` (generic fallback for unknown types)."""
     if model_type in UNSUPPORTED:
         raise RefocusError(f"model_type {model_type!r} is not supported: {UNSUPPORTED[model_type]}")
-    module, name = ADAPTERS.get(model_type, GENERIC)
-    return getattr(importlib.import_module(module), name)
+    return ADAPTERS.load(model_type) if model_type in ADAPTERS else load_target(GENERIC)
 
 
 def read_model_type(path: str | Path) -> str:
