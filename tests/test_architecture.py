@@ -169,3 +169,35 @@ def test_no_function_in_src_is_over_100_lines():
 def test_test_fixtures_are_not_in_the_package():
     assert not (SRC / "refocus" / "reference" / "tiny.py").exists()
     assert (Path(__file__).parent / "tiny_models.py").is_file()
+
+
+def _documented_rooms() -> dict[str, set[str]]:
+    """The "may import" column of docs/ARCHITECTURE.md's table of rooms."""
+    doc = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = doc.split("## Rooms and what each may import", 1)[1].split("\n## ", 1)[0]
+    rooms = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0] != "room":
+            allowed = cells[2]
+            rooms["refocus." + cells[0].strip("`")] = (
+                None if allowed == "any room" else
+                set() if allowed == "-" else {"refocus." + a.strip() for a in allowed.split(",")}
+            )
+    return rooms
+
+
+def test_every_room_is_documented_and_imports_only_what_the_table_allows():
+    rooms = _documented_rooms()
+    actual = {_room(m) for m in GRAPH} - {"refocus", "refocus.__main__"}
+    assert sorted(actual - set(rooms)) == []  # every subpackage / top-level module has a row
+    offenders = {}
+    for module, targets in GRAPH.items():
+        room = _room(module)
+        allowed = rooms.get(room)
+        if allowed is None:
+            continue
+        extra = {_room(t) for t in targets} - allowed - {room, "refocus"}
+        if extra:
+            offenders[module] = sorted(extra)
+    assert offenders == {}

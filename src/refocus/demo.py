@@ -72,8 +72,8 @@ class DemoConfig:
     """If fewer questions pass tau, train on this many of the highest-variance ones (and say so)."""
     train_steps: int | None = 60
     """GRPO steps (None: max_steps of configs/tiny.yaml, 120). The curriculum moves from 4 to 8
-    frames at step 40; with the demo's niah reference model the mean reward levels off within
-    ~10 steps of each phase (0.96 by step 13, 0.94 by step 49 of 80), so 60 suffice."""
+    frames at step 40, and the mean reward levels off within ~10 steps of each phase, so 60
+    suffice (benchmarks/RESULTS.md)."""
     niah_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
     niah_positions: int = 8
     niah_per_cell: int = 1

@@ -47,11 +47,8 @@ class SmallReferenceConfig:
     vision_hidden_sizes: tuple[int, ...] = (64, 128)
     """Width of each LeViT stage. A four-conv stem cuts the frame into 16 px cells, and every
     stage after the first halves the grid: at 64 px, 4 x 4 cells, then 2 x 2 = 4 visual tokens
-    per frame (short prompts learn fast). The conv stem is why LeViT and not a plain ViT:
-    trained from scratch as a per-frame colour/shape classifier on the demo's training videos,
-    a SigLIP tower (patch 16, 2 layers) named the shape of held-out needles 76% of the time
-    after 3,000 steps (circle/square, triangle/star confused), this LeViT 92% after 1,000
-    and 100% after 2,000 (colour: 100% for both)."""
+    per frame (short prompts learn fast). The conv stem is why LeViT and not a plain ViT: trained
+    from scratch, it tells the shapes apart far sooner (benchmarks/RESULTS.md)."""
     vision_depths: tuple[int, ...] = (2, 2)
     vision_heads: tuple[int, ...] = (4, 4)
     vision_key_dim: int = 16

@@ -37,20 +37,20 @@ class SmallReferenceTrainConfig:
     """Stage 3: optimiser steps on real frames (projector and language model, see
     ``joint_trains_vision``)."""
     batch_size: int = 32
-    """Examples (question + frame subset) per step of stages 1 and 3 (16 in stage 1: 0.56 / 0.72
-    held-out colour / shape accuracy from word frames after 2,000 steps, vs 0.98 / 1.00 at 32)."""
+    """Examples (question + frame subset) per step of stages 1 and 3; 16 learns stage 1 much less
+    well (benchmarks/RESULTS.md, "Small reference model: measurements behind the defaults")."""
     lr: float = 1e-3
-    """Peak learning rate of stage 1 (the language model on word frames). Twice this leaves
-    stage 1 at 0.62 training accuracy after 1,200 steps instead of 0.74 (ceiling 0.78); 1.5x
-    over 1,400 steps reaches 0.81 / 0.98 held-out colour / shape from word frames, short of
-    2,000 steps at 1x (0.98 / 1.00)."""
+    """Peak learning rate of stage 1 (the language model on word frames); higher rates learn
+    stage 1 less well (benchmarks/RESULTS.md)."""
     vision_lr: float = 2e-3
     """Peak learning rate of stage 2 (vision tower and projector)."""
     joint_lr: float = 2e-4
     """Peak learning rate of stage 3: the answering circuit exists by then, and a high rate
     wipes it out before the model adapts to real frames."""
     weight_decay: float = 0.01
+    """AdamW weight decay of every stage (not of norms and biases)."""
     warmup_steps: int = 60
+    """Linear warm-up steps at the start of each stage."""
     frames_per_example: tuple[int, ...] = (4, 8)
     """Subset sizes K drawn per step: the budgets the policy and evaluation use."""
     positive_fraction: float = 0.6
@@ -60,25 +60,23 @@ class SmallReferenceTrainConfig:
     align_steps: int = 2000
     """Stage 1 (language model): steps on prompts whose frames are word embeddings standing in
     for images ("red star" for the needle frame, "clutter" for the others). The end-to-end
-    accuracy can be no better than this stage's, which is still rising at 1,000 steps."""
+    accuracy can be no better than this stage's, which is still rising at 1,000 steps
+    (benchmarks/RESULTS.md)."""
     vision_steps: int = 2500
     """Stage 2 (vision tower + projector): steps regressing each frame's visual tokens onto the
-    words that stage 1 read, so real frames then look to the language model like those words.
-    Held-out needle frames whose tokens lie nearest the right shape word: 0.62 after 600 steps,
-    0.90 after 1,500 (colours 1.00 at both). End to end, held-out shape questions: 0.77-0.92
-    after 1,500 steps, 0.96-0.98 after 2,500 (runs with different seeds)."""
+    words that stage 1 read, so real frames then look to the language model like those words;
+    shapes need the 2,500 steps (benchmarks/RESULTS.md)."""
     vision_batch_size: int = 64
     joint_trains_vision: bool = False
     """Stage 3 trains the vision tower too. Off by default: the language model then adapts to
     the tower's actual visual tokens without the tower forgetting the shapes stage 2 taught it
-    (held-out, 100 questions, K = 8: 0.94 frozen vs 0.87 trained; shape questions 0.92 vs 0.75)."""
+    (benchmarks/RESULTS.md)."""
     paste_fraction: float = 0.5
     """Share of the vision stage's needle frames that are freshly drawn objects pasted over
     training haystack frames (``refocus.reference.augment``); the rest are the videos' own."""
     compose_option_embeddings: bool = True
-    """Start each option-line token ("B. red") at the sum of its letter's and words' embeddings.
-    Stage 1 from word frames, held-out colour / shape accuracy: 0.78 / 0.95 after 1,000 steps and
-    0.98 / 1.00 after 2,000 (0.74 / 0.90 and 0.94 / 0.99 without)."""
+    """Start each option-line token ("B. red") at the sum of its letter's and words' embeddings:
+    stage 1 learns faster (benchmarks/RESULTS.md)."""
     aux_weight: float = 1.0
     """Weight of the two auxiliary losses that break the "binding" plateau: at each option's
     last token, predict that option's letter; at the answer position, predict the correct
@@ -89,6 +87,7 @@ class SmallReferenceTrainConfig:
     val_subsets: int = 4
     """Subsets per held-out question for each of the with/without-evidence accuracies."""
     seed: int = 0
+    """Seed of the model's initialisation and of every training draw."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """How videos are decoded (rate and frame cap; the size is the model's)."""
     model: SmallReferenceConfig = field(default_factory=SmallReferenceConfig)
