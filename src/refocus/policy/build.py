@@ -443,8 +443,9 @@ def init_from_config(
     """``refocus policy init``: the policy section of ``config`` with the given paths over its
     ``vision_model`` / ``backbone_model`` / ``tokenizer``; builds, saves to ``out``, returns
     ``(policy, provenance)``. Values still marked ``???`` stop it, one line per field."""
+    import torch
+
     from refocus.policy.configuration import raise_if_missing
-    from refocus.seeding import seed_everything
 
     section = policy_section(config) if config is not None else {}
     given = {"vision_model": vision, "backbone_model": backbone, "tokenizer": tokenizer}
@@ -453,7 +454,7 @@ def init_from_config(
     if section.pop("vision_from_reference", False):
         raise ConfigError("refocus policy init has no reference model: use --vision (vision_from_reference is for training)")
     parts = {k: section.pop(k, None) for k in given}
-    seed_everything(seed)
+    torch.manual_seed(seed)  # the fresh weights (projector, heads, re-initialised blocks)
     policy, tok, provenance = init_policy(
         vision=parts["vision_model"], backbone=parts["backbone_model"], tokenizer=parts["tokenizer"],
         overrides=section,
