@@ -30,7 +30,10 @@ def _loader(name: str):
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_builds(path):
-    cfg = _loader(path.stem)(path)
+    # paper.yaml marks its checkpoint paths ??? (they stop a run that builds the policy, see
+    # test_policy_init); with a given policy it builds as it is
+    extra = {"init_policy": "a/policy"} if path.stem == "paper" else {}
+    cfg = _loader(path.stem)(path, **extra)
     assert dataclasses.is_dataclass(cfg)
     assert cfg.max_steps >= 1
 

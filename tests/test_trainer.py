@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from refocus.data.questions import load_questions, write_questions
 from refocus.data.synth import make_benchmark
+from refocus.errors import ConfigError
 from refocus.reference import load_reference
 from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
 from refocus.training.config import GRPOConfig, load_config
@@ -191,7 +192,13 @@ def test_packaged_configs_load():
     from refocus.training.config import packaged_config
 
     tiny = load_config(packaged_config("tiny"))
-    paper = load_config(packaged_config("paper"))
+    with pytest.raises(ConfigError) as missing:  # paper.yaml's policy parts are marked ???
+        load_config(packaged_config("paper"))
+    lines = str(missing.value).split("\nerror: ")
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == [
+        "policy.vision_model", "policy.backbone_model", "policy.tokenizer"]
+    paper = load_config(packaged_config("paper"), init_policy="some/policy")  # a given policy needs no parts
+    assert paper.importance_sampling_level == "subset" and paper.policy["token_pool_stride"] == 2
     assert paper.num_generations == 16 and paper.entropy_coef == 0.002 and paper.epsilon is None
     assert paper.selection_sizes == [4, 8, 16, 32] and paper.adam_beta2 == 0.99
     assert tiny.max_steps < paper.max_steps

@@ -14,9 +14,12 @@ video, so its pairwise distances are ~0.
 
 Choices (documented here because they change the numbers):
 
-* **Length groups.** By default equal-count tertiles of the decoded frame count T (short /
-  medium / long; ties broken by file order), like the paper's 200 / 200 / 200 videos per
-  Video-MME duration class. With ``thresholds=(A, B)``: short T <= A < medium T <= B < long.
+* **Length groups.** Video-MME's own duration classes (``meta["duration"]`` short / medium /
+  long, written by ``refocus data convert videomme``) when every item has one: the paper
+  groups by them (Appendix C: 200 videos per class). Otherwise equal-count tertiles of the
+  decoded frame count T (ties broken by file order); at 4 fps capped at 512 frames every video
+  over 128 s has T = 512, so tertiles cannot tell medium from long there. With
+  ``thresholds=(A, B)``: short T <= A < medium T <= B < long.
 * **Common support.** Videos have different T, so every distribution is resampled onto
   ``bins`` equal bins of relative time (``refocus.analysis.distances.rebin``: exact mass
   transfer). The default is ``3 * budget`` bins, an odd multiple of the budget: the uniform
@@ -104,6 +107,12 @@ def uniform_distribution(num_frames: int, budget: int) -> np.ndarray:
     dist = np.zeros(num_frames, dtype=np.float64)
     dist[picks] = 1.0 / len(picks)
     return dist
+
+
+def duration_classes(items: Sequence[Any]) -> list[str] | None:
+    """Each item's Video-MME duration class, or None unless every item has one of GROUPS."""
+    classes = [str((getattr(item, "meta", None) or {}).get("duration") or "").lower() for item in items]
+    return classes if classes and all(c in GROUPS for c in classes) else None
 
 
 def length_groups(
@@ -206,7 +215,9 @@ def run_diversity_analysis(
         })
     if len(records) < 2:
         raise RefocusError(f"diversity needs at least 2 usable items, got {len(records)}")
-    for record, group in zip(records, length_groups([r["num_frames"] for r in records], cfg.thresholds), strict=True):
+    classes = None if cfg.thresholds else duration_classes([r["item"] for r in records])
+    groups = classes or length_groups([r["num_frames"] for r in records], cfg.thresholds)
+    for record, group in zip(records, groups, strict=True):
         record["group"] = group
 
     bins = cfg.num_bins
@@ -217,7 +228,8 @@ def run_diversity_analysis(
         "budget": cfg.budget,
         "samples": cfg.samples,
         "bins": bins,
-        "grouping": {"thresholds": list(cfg.thresholds)} if cfg.thresholds else "tertiles",
+        "grouping": ({"thresholds": list(cfg.thresholds)} if cfg.thresholds
+                     else "videomme_duration" if classes else "tertiles"),
         "note": (f"uniform's selections coincide on the {bins} bins for videos of >= {2 * bins} "
                  "frames; a shorter video's frame straddles two bins, so its uniform distances "
                  "are not exactly 0"),

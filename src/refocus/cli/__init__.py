@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RefocusError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         if args.debug:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        for line in _one_line(exc).split(" error: "):  # several problems: one line each
+            print(f"error: {line}", file=sys.stderr)
         return 1
     return int(code or 0)
 
@@ -67,7 +68,7 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
-    return " ".join(text.split())
+    return " error: ".join(" ".join(part.split()) for part in text.split("\nerror: "))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="SEL.jsonl", help="selection file to write")
     p.add_argument("--seed", type=int, default=0, help="seed of random / sampling selectors (default 0)")
     p.add_argument("--greedy", action="store_true", help="policy: greedy decoding (same as --mode greedy)")
-    p.add_argument("--mode", choices=["greedy", "sample", "distribution"], default=None,
+    p.add_argument("--protocol", choices=["greedy", "official"], default=None,
+                   help="how the policy's selection is read off (default greedy: the most likely frame "
+                   "at each step; official: the authors' export, a sample at temperature 1 (candidate 0 "
+                   "of --candidates), sorted, uniform for videos of <= --uniform-below decoded frames)")
+    p.add_argument("--candidates", type=int, default=64, help="official: candidates sampled per video (default 64)")
+    p.add_argument("--uniform-below", type=int, default=128, metavar="T",
+                   help="official: videos of at most T decoded frames get uniform indices (default 128)")
+    p.add_argument("--mode", choices=["greedy", "sample", "distribution", "official"], default=None,
                    help="policy selection mode (default greedy: deterministic, one pass; sample: "
                    "one seeded sample; distribution: top-K of the 64-sample selection distribution)")
     add_decode_arguments(p)
@@ -44,6 +51,11 @@ def resolve_spec(args: argparse.Namespace) -> tuple[str, str | None]:
         raise RefocusError("give exactly one of --policy DIR or --selector NAME[:ARG]")
     spec = args.selector or f"policy:{args.policy}"
     mode = args.mode
+    protocol = getattr(args, "protocol", None)
+    if protocol is not None:
+        if mode not in (None, protocol):
+            raise RefocusError(f"--protocol {protocol} conflicts with --mode {mode}")
+        mode = protocol
     if args.greedy:
         if mode not in (None, "greedy"):
             raise RefocusError(f"--greedy conflicts with --mode {mode}")
@@ -66,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     spec, mode = resolve_spec(args)
     errors: list = []
     items = load_questions(resolve_question_file(args.data), errors=errors)
-    selector = get_selector(spec, seed=args.seed, mode=mode, device=args.device, dtype=args.dtype)
+    options = ({"num_samples": args.candidates, "uniform_below": args.uniform_below}
+               if mode == "official" else None)
+    selector = get_selector(spec, seed=args.seed, mode=mode, device=args.device, dtype=args.dtype, options=options)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

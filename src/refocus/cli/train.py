@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p, "GRPOConfig (e.g. configs/tiny.yaml; default: the paper's settings)")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--policy", metavar="DIR",
+                   help="start from this saved policy as it is (a `refocus policy init` output or a trained "
+                   "policy; nothing is re-initialised) instead of building one from the config's policy: section")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_policy(
         data=resolve_question_file(args.data), reference=args.reference, out_dir=Path(args.out),
         config=args.config, max_steps=args.max_steps, seed=args.seed, resume=args.resume,
-        device=args.device, dtype=args.dtype, sets=parse_overrides(args.sets),
+        device=args.device, dtype=args.dtype, sets=parse_overrides(args.sets), init_policy=args.policy,
     )
     m = result.last_metrics
     summary(

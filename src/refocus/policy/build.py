@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from refocus.errors import ConfigError
-from refocus.policy.vision import FAMILIES
+from refocus.policy.vision import FAMILIES, patch_multiple, tower_image_size
 
 # Dual encoders whose config carries the tower under ``vision_config``.
 _DUAL = {"siglip": "siglip_vision_model", "siglip2": "siglip2_vision_model", "clip": "clip_vision_model"}
@@ -143,7 +143,30 @@ def vision_source(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], Map
         )
     values["vision_model_type"] = tower_type
     values.update(_normalisation(path))
-    return values, _complete(tower_type, tower), _LazyState(Checkpoint(path))
+    complete = _complete(tower_type, tower)
+    if tower_image_size(tower_type, complete) is None:  # Qwen2.5-VL: the processor's pixel budget
+        size = _processor_side(path)
+        if size is not None:
+            values["image_size"] = _round_down(size, patch_multiple(tower_type, complete))
+    return values, complete, _LazyState(Checkpoint(path))
+
+
+def _round_down(size: int, multiple: int) -> int:
+    return max(multiple, size // multiple * multiple)
+
+
+def _processor_side(path: Path) -> int | None:
+    """Side of a square image within the processor's ``longest_edge`` pixel budget (Qwen2-VL)."""
+    import math
+
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (path / name).is_file():
+            proc = _read_json(path / name)
+            proc = proc.get("image_processor", proc)
+            pixels = (proc.get("size") or {}).get("longest_edge") or proc.get("max_pixels")
+            if pixels:
+                return math.isqrt(int(pixels))
+    return None
 
 
 def _complete(tower_type: str, tower: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +206,9 @@ def reference_tower(reference: Any) -> tuple[dict[str, Any], Any]:
     values: dict[str, Any] = {
         "vision_model_type": tower_type, "vision_config": _complete(tower_type, tower.config.to_dict())
     }
+    if tower_image_size(tower_type, values["vision_config"]) is None:  # Qwen2.5-VL: the reference's size
+        multiple = patch_multiple(tower_type, values["vision_config"])
+        values["image_size"] = _round_down(int(reference.image_size), multiple)
     layer = getattr(model.config, "vision_feature_layer", None)
     if isinstance(layer, int):
         values |= {"vision_feature_layer": layer, "vision_use_final_norm": False}
@@ -374,3 +400,67 @@ def save_policy(policy: Any, tokenizer: Any, out: str | Path, provenance: dict |
     if provenance is not None:
         (out / "policy_init.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def policy_section(path: str | Path) -> dict[str, Any]:
+    """The ``policy:`` section of a training config YAML (or a file of policy fields alone),
+    its keys checked (a misspelled one is an error naming it and the file)."""
+    import yaml
+
+    from refocus.policy.configuration import check_policy_keys
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    section = loaded.get("policy", loaded if "policy" not in loaded and _looks_like_policy(loaded) else {})
+    try:
+        check_policy_keys(section)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return dict(section)
+
+
+def _looks_like_policy(values: dict[str, Any]) -> bool:
+    from refocus.policy.configuration import BUILD_KEYS, policy_field_names
+
+    return bool(values) and set(values) <= policy_field_names() | set(BUILD_KEYS)
+
+
+def init_from_config(
+    out: str | Path,
+    config: str | Path | None = None,
+    vision: str | Path | None = None,
+    backbone: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    seed: int = 0,
+):
+    """``refocus policy init``: the policy section of ``config`` with the given paths over its
+    ``vision_model`` / ``backbone_model`` / ``tokenizer``; builds, saves to ``out``, returns
+    ``(policy, provenance)``. Values still marked ``???`` stop it, one line per field."""
+    import torch
+
+    from refocus.policy.configuration import raise_if_missing
+
+    section = policy_section(config) if config is not None else {}
+    given = {"vision_model": vision, "backbone_model": backbone, "tokenizer": tokenizer}
+    section.update({k: str(v) for k, v in given.items() if v is not None})
+    raise_if_missing({"policy": section}, str(config or "refocus policy init"))
+    if section.pop("vision_from_reference", False):
+        raise ConfigError("refocus policy init has no reference model: use --vision (vision_from_reference is for training)")
+    parts = {k: section.pop(k, None) for k in given}
+    torch.manual_seed(seed)  # the fresh weights (projector, heads, re-initialised blocks)
+    policy, tok, provenance = init_policy(
+        vision=parts["vision_model"], backbone=parts["backbone_model"], tokenizer=parts["tokenizer"],
+        overrides=section,
+    )
+    if tok is None:
+        raise ConfigError("refocus policy init needs a tokenizer: give --backbone (with one) or --tokenizer")
+    provenance["seed"] = seed
+    save_policy(policy, tok, out, provenance)
+    return policy, provenance

@@ -355,3 +355,26 @@ def check_policy_keys(values: dict[str, Any], where: str = "policy.") -> None:
         for key in sub:
             if key not in known_sub:
                 raise _unknown(key, known_sub, f"{where}{name}.")
+
+
+MISSING = "???"
+"""A config value that must be filled in (OmegaConf's convention): ``"??? what to put here"``."""
+
+
+def missing_values(values: Any, prefix: str = "") -> list[str]:
+    """One line per value still marked :data:`MISSING`, at any depth: ``"policy.vision_model: hint"``."""
+    lines: list[str] = []
+    if isinstance(values, dict):
+        for key, value in values.items():
+            lines += missing_values(value, f"{prefix}{key}.")
+    elif isinstance(values, str) and values.startswith(MISSING):
+        hint = values[len(MISSING):].strip()
+        lines.append(f"{prefix.rstrip('.')} is not set" + (f" ({hint})" if hint else ""))
+    return lines
+
+
+def raise_if_missing(values: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> None:
+    """ConfigError with one ``error:`` line per missing value (fields under ``skip`` are ignored)."""
+    lines = [line for line in missing_values(values) if not line.startswith(skip)]
+    if lines:
+        raise ConfigError("\nerror: ".join(f"{where}: {line}" for line in lines))

@@ -116,7 +116,8 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
 
 
 def get_selector(
-    spec: str, *, seed: int = 0, mode: str | None = None, device: Any = None, dtype: Any = None
+    spec: str, *, seed: int = 0, mode: str | None = None, device: Any = None, dtype: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> Selector:
     """Build the selector described by ``spec`` (see :func:`parse_spec`).
 
@@ -124,11 +125,14 @@ def get_selector(
     ``mode``: for selectors with modes (``policy``: sample / greedy / distribution); None
     means the selector's default (a ``mode=`` option of the spec sets it too). ``device`` /
     ``dtype``: where a selector with a model runs (see :func:`refocus.distributed.resolve_device`);
-    passed only to selectors whose ``from_spec`` takes them. Other ``key=value`` options go to
-    ``from_spec`` by name; the class's ``spec_arg`` option (``dir`` for policy selectors) is
-    its bare argument. Raises RefocusError for an unknown name, option or a bad argument.
+    passed only to selectors whose ``from_spec`` takes them. Other ``key=value`` options of the
+    spec, and ``options`` (the same as a dict, e.g. the policy's ``num_samples``,
+    ``uniform_below`` from ``refocus select --protocol official``), go to ``from_spec`` by name;
+    the class's ``spec_arg`` option (``dir`` for policy selectors) is its bare argument. Raises
+    RefocusError for an unknown name, option or a bad argument.
     """
-    name, arg, options = parse_spec(spec)
+    name, arg, spec_options = parse_spec(spec)
+    options = {**spec_options, **(options or {})}
     if not _NAME.match(name) or name not in SELECTORS:
         raise RefocusError(f"unknown selector {spec!r}; available: {', '.join(available_selectors())}")
     cls = SELECTORS.load(name)

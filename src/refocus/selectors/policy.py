@@ -18,6 +18,14 @@ Modes:
 - ``distribution``: the top-``budget`` frames of the Appendix C selection distribution (each
   step's categorical over available frames averaged over the K steps, then over N = 64
   sampled candidates). Robust to one unlucky step, but N times the step cost.
+- ``official``: the authors' export rule (github interlive-team/ReFoCUS,
+  ``HF_FS_refocus.py`` + ``_database_to_frameidx.py``): candidates sampled at temperature 1,
+  the first ``budget`` picks of candidate 0, sorted; a video of at most ``uniform_below``
+  (128) decoded frames gets uniform indices ``linspace(0, T - 1, budget)`` instead. See
+  :func:`official_export`. Seeded by (seed, item id), like ``sample``.
+
+``refocus select --protocol {greedy,official}`` chooses between the project's default and the
+authors' rule (README: which is the default and why).
 """
 
 from __future__ import annotations
@@ -33,7 +41,32 @@ from refocus.errors import RefocusError
 from refocus.seeding import item_seed
 from refocus.selectors.base import VideoFrames, check_budget
 
-MODES = ("greedy", "sample", "distribution")
+MODES = ("greedy", "sample", "distribution", "official")
+PROTOCOLS = {"greedy": "greedy", "official": "official"}
+"""``refocus select --protocol``: the selector mode each protocol runs."""
+
+
+def official_export(
+    candidates: np.ndarray | None, num_frames: int, budget: int, candidate: int = 0, uniform_below: int = 128
+) -> list[int]:
+    """The authors' export of one video's frames (``_database_to_frameidx.py``).
+
+    ``candidates`` (G, K') sampled selection orders (K' >= budget), or None when none were
+    sampled. With ``num_frames <= uniform_below`` (their ``--minframes``, 128 in their scripts)
+    or no candidates: ``linspace(0, T - 1, budget)`` truncated to int (uniform). Otherwise the
+    first ``budget`` picks of row ``candidate``, sorted (their ``--sort``).
+
+    >>> official_export(np.array([[9, 2, 7, 5]]), 200, 3)
+    [2, 7, 9]
+    >>> official_export(np.array([[9, 2, 7, 5]]), 100, 4)
+    [0, 33, 66, 99]
+    """
+    if candidates is None or num_frames <= uniform_below:
+        return [int(i) for i in np.linspace(0, num_frames - 1, budget, dtype=int)]
+    picks = np.asarray(candidates)[candidate][:budget]
+    if len(picks) < budget:
+        raise RefocusError(f"candidate {candidate} has {len(picks)} picks, fewer than the budget {budget}")
+    return sorted(int(i) for i in picks)
 DEFAULT_MODE = "greedy"
 
 
@@ -66,12 +99,18 @@ class PolicySelector:
         num_samples: int = 64,
         temperature: float = 1.0,
         feature_cache: int = 8,
+        candidate: int = 0,
+        uniform_below: int = 128,
     ) -> None:
         mode = DEFAULT_MODE if mode is None else mode
         if mode not in MODES:
             raise RefocusError(f"policy selector mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_samples < 1:
             raise RefocusError(f"num_samples must be >= 1, got {num_samples}")
+        if not 0 <= candidate < num_samples or uniform_below < 0:
+            raise RefocusError(f"candidate must lie in [0, {num_samples}) and uniform_below >= 0")
+        self.candidate = int(candidate)
+        self.uniform_below = int(uniform_below)
         self.policy = policy.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -111,11 +150,14 @@ class PolicySelector:
     @classmethod
     def from_spec(
         cls, arg: str | None, *, seed: int = 0, mode: str | None = None, device: Any = None,
-        dtype: Any = None,
+        dtype: Any = None, num_samples: int = 64, candidate: int = 0, uniform_below: int = 128,
     ) -> PolicySelector:
+        """``num_samples`` (distribution / official candidates), ``candidate`` and ``uniform_below``
+        (official) are spec options: ``policy:DIR,mode=official,uniform_below=0``."""
         if not arg:
             raise RefocusError("the policy selector needs a checkpoint directory: policy:DIR")
-        return cls.from_dir(arg, seed=seed, mode=mode, device=device, dtype=dtype)
+        return cls.from_dir(arg, seed=seed, mode=mode, device=device, dtype=dtype, num_samples=int(num_samples),
+                            candidate=int(candidate), uniform_below=int(uniform_below))
 
     def reseed(self, seed: int) -> None:
         self.seed = int(seed)
@@ -164,9 +206,20 @@ class PolicySelector:
             dist = self.selection_distribution(video, item, budget)
             top = np.argsort(-dist, kind="stable")[:budget]  # ties: the earlier frame
             return sorted(int(i) for i in top)
+        if self.mode == "official" and num_frames <= self.uniform_below:
+            return official_export(None, num_frames, budget, self.candidate, self.uniform_below)
         from refocus.policy import policy_prompt
 
         feats = self.prepare(video, item)
+        if self.mode == "official":
+            # Candidates are drawn in order from per-candidate random numbers, so candidate c
+            # does not depend on how many follow it: sample c + 1 of the num_samples.
+            out = self.policy.select(
+                [feats], [policy_prompt(self.policy.config, self.tokenizer, item)], k=budget,
+                num_candidates=self.candidate + 1, mode="sample", temperature=self.temperature,
+                generator=self._generator(item),
+            )
+            return official_export(out.order[0].cpu().numpy(), num_frames, budget, self.candidate, self.uniform_below)
         ids = policy_prompt(self.policy.config, self.tokenizer, item)
         generator = None if self.mode == "greedy" else self._generator(item)
         out = self.policy.select(

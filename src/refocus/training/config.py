@@ -151,9 +151,11 @@ class GRPOConfig(TrainerConfig):
     """Advantage scaling: 'group' (Algorithm 1: (r - mean) / (std + eps)), 'batch' or 'none'."""
     advantage_epsilon: float = 1e-4
     """eps in (r - mean) / (std + eps)."""
-    importance_sampling_level: str = "sequence"
-    """'sequence': one length-normalised ratio per subset (the subset is one atomic action, §3.2);
-    'token': one ratio per selection step."""
+    importance_sampling_level: str = "subset"
+    """'subset' (Eq. 2): one ratio per subset, pi(f) / pi_old(f), the product of the T' step
+    ratios (§3.2: the subset is one atomic action). 'sequence': the length-normalised ratio
+    exp(mean_k log-ratio) (GSPO; the policy-gradient term is T' times smaller against the entropy
+    bonus, and the ratio stays near 1 over several passes). 'token': one ratio per selection step."""
 
     # ---- memory (none of these change the result beyond floating-point error) ------------
     micro_batch_size: int | None = None
@@ -301,6 +303,10 @@ def load_dataclass_config(
         values = merge(values, sets)
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(cls, values, None)
+    from refocus.policy.configuration import raise_if_missing
+
+    # paths a shipped config marks "??? ..." (configs/paper.yaml); a given policy needs no parts
+    raise_if_missing(values, str(path or base or "config"), skip=("policy.",) if values.get("init_policy") else ())
     try:
         return cls(**_nested(cls, values))
     except ConfigError as exc:  # a bad value: name the file it came from

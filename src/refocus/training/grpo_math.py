@@ -26,7 +26,7 @@ from torch import Tensor
 from refocus.estimators import kl_entropy
 
 ScaleRewards = Literal["group", "batch", "none"]
-ImportanceLevel = Literal["sequence", "token"]
+ImportanceLevel = Literal["subset", "sequence", "token"]
 
 
 def mean_temporal_entropy(
@@ -106,7 +106,7 @@ def _check_logps(logp_new: Tensor, logp_old: Tensor, step_mask: Tensor | None) -
 def sequence_log_ratio(
     logp_new: Tensor,
     logp_old: Tensor,
-    level: ImportanceLevel = "sequence",
+    level: ImportanceLevel = "subset",
     step_mask: Tensor | None = None,
 ) -> Tensor:
     """Log importance weights ``log pi_theta / pi_theta_old``.
@@ -114,25 +114,29 @@ def sequence_log_ratio(
     Args:
         logp_new: ``(B, G, K)`` per-step log-probs of the chosen frames under the current policy.
         logp_old: ``(B, G, K)`` the same under the sampling policy (no gradient needed).
-        level: ``"sequence"``: the length-normalised log ratio of the whole subset,
-            ``mean_k (logp_new - logp_old)`` (GSPO), returned as ``(B, G, 1)`` so it broadcasts
-            over steps; ``"token"``: the per-step log ratio, ``(B, G, K)``.
+        level: ``"subset"`` (the paper's Eq. 2): the ratio of whole-subset probabilities
+            ``pi(f) / pi_old(f)``, i.e. the product of the per-step ratios, log ratio
+            ``sum_k (logp_new - logp_old)``, ``(B, G, 1)``; ``"sequence"``: the length-normalised
+            log ratio ``mean_k (logp_new - logp_old)`` (GSPO), ``(B, G, 1)``; ``"token"``: the
+            per-step log ratio, ``(B, G, K)`` (PPO / GRPO per token).
         step_mask: optional ``(B, G, K)``, 1/True for steps that exist; masked steps are left
-            out of the sequence mean and get a log ratio of 0 at token level.
+            out of the sum / mean and get a log ratio of 0 at token level.
 
-    The paper's Eq. 2 writes the ratio of whole-subset probabilities, ``exp(sum_k ...)``;
-    dividing the exponent by ``K`` keeps the ratio near 1 at ``K = 32`` steps, so one clip
-    range serves every stage of the 4 -> 8 -> 16 -> 32 curriculum. At ``new == old`` the
-    gradient of the sequence ratio is that of the mean per-step log-prob.
+    At ``new == old`` the gradient of the subset ratio is that of the subset's log-likelihood
+    (``sum_k``), the REINFORCE gradient of the whole trajectory; the sequence ratio divides it
+    by ``K`` (32x at T' = 32 against the entropy bonus), in exchange for a ratio that stays
+    near 1 under several update passes, so one clip range serves every curriculum stage.
     """
     mask = _check_logps(logp_new, logp_old, step_mask)  # (B, G, K)
     log_ratio = (logp_new - logp_old) * mask  # (B, G, K)
     if level == "token":
         return log_ratio
+    if level == "subset":
+        return log_ratio.sum(dim=-1, keepdim=True)  # (B, G, 1): log of the product of step ratios
     if level == "sequence":
         steps = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, G, 1)
         return log_ratio.sum(dim=-1, keepdim=True) / steps  # (B, G, 1)
-    raise ValueError(f"level must be 'sequence' or 'token', got {level!r}")
+    raise ValueError(f"level must be 'subset', 'sequence' or 'token', got {level!r}")
 
 
 def _candidate_mean(per_term: Tensor, mask: Tensor) -> Tensor:
@@ -152,7 +156,7 @@ def policy_loss(
     logp_new: Tensor,
     logp_old: Tensor,
     advantages: Tensor,
-    level: ImportanceLevel = "sequence",
+    level: ImportanceLevel = "subset",
     epsilon: float | None = None,
     epsilon_high: float | None = None,
     step_mask: Tensor | None = None,
@@ -162,13 +166,13 @@ def policy_loss(
     Args:
         logp_new, logp_old, step_mask: see :func:`sequence_log_ratio`, ``(B, G, K)``.
         advantages: ``(B, G)`` from :func:`group_advantages` (constants: no gradient).
-        level: importance-sampling level, ``"sequence"`` or ``"token"``.
+        level: importance-sampling level, ``"subset"`` (Eq. 2), ``"sequence"`` or ``"token"``.
         epsilon: ``None`` gives the paper's unclipped Eq. 2, ``ratio * A``. A float gives the
             PPO clipped surrogate ``min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A)``.
         epsilon_high: upper clip (DAPO's clip-higher); defaults to ``epsilon``.
 
     Returns:
-        ``loss``: scalar, ``-mean`` of the surrogate over candidates (sequence level), or over
+        ``loss``: scalar, ``-mean`` of the surrogate over candidates (subset / sequence level), or over
         steps within each candidate and then over candidates (token level); candidates whose
         steps are all masked are left out. Zero-spread groups have ``A = 0`` and add nothing
         but still count in the mean, as in TRL. ``stats``: ``clip_ratio`` (share of surrogate
@@ -261,7 +265,7 @@ def grpo_loss(
     advantages: Tensor,
     entropies: Tensor | None = None,
     *,
-    level: ImportanceLevel = "sequence",
+    level: ImportanceLevel = "subset",
     epsilon: float | None = None,
     epsilon_high: float | None = None,
     entropy_coef: float = 0.0,

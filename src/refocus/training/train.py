@@ -24,18 +24,21 @@ def train_policy(
     sets: dict | None = None,
     device: str | None = "auto",
     dtype: str | None = "auto",
+    init_policy: str | Path | None = None,
 ) -> TrainResult:
     """Train a policy on ``data`` against the reference checkpoint ``reference``.
 
     device / dtype: where the reference model runs (see :func:`refocus.reference.load_reference`;
     "auto": this process's accelerator with bfloat16 under ``accelerate launch`` or on a GPU,
-    the CPU with float32 otherwise).
+    the CPU with float32 otherwise). init_policy: start from this saved policy as it is
+    (``refocus train --policy DIR``), overriding the config's.
     """
     from refocus.data.questions import load_questions
     from refocus.distributed import placement
     from refocus.reference import load_reference
 
-    cfg = resolve_config(config, load_config, GRPOConfig, sets, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(config, load_config, GRPOConfig, sets, max_steps=max_steps, seed=seed,
+                         init_policy=None if init_policy is None else str(init_policy))
     out_dir = Path(out_dir)
     errors: list = []
     items = load_questions(data, errors=errors)
