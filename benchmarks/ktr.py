@@ -1,12 +1,14 @@
 """Input-level vs output-level optimisation, and both: SFT, GRPO and Video-KTR answerers on
 ``multi``, with uniform frames and with a ReFoCUS policy's frames.
 
-Steps (each cached under ``--out``, so a rerun resumes where it stopped):
+Steps (each cached under ``--out``, so a rerun resumes where it stopped; ``--seeds 0`` and
+``--seeds 1`` may run as two processes on one ``--out``, then ``--seeds 0,1`` aggregates):
 
 1. a training and a held-out ``multi`` split (different seeds);
 2. the small reference model, trained on the training split plus a niah split (its first two
-   stages learn colours and shapes from niah needles); stages shorter than the demo's
-   (500 / 600 / 300 steps) so the whole benchmark fits about an hour on a shared 2-core machine;
+   stages learn colours and shapes from niah needles); stages far shorter than the demo's
+   (200 / 300 / 150 steps, batch 16) so the whole benchmark fits about an hour on a 2-core
+   machine shared with other jobs;
 3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
 4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
    ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
@@ -66,7 +68,8 @@ def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
     ref = root / "reference"
     if not (ref / "reference_train.json").is_file():
         cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
-                                        steps=args.joint_steps)
+                                        steps=args.joint_steps, batch_size=args.reference_batch,
+                                        vision_batch_size=2 * args.reference_batch)
         train_small_reference(load_questions(train_qa) + load_questions(niah_qa), ref, cfg, progress=True)
     return ref
 
@@ -76,6 +79,8 @@ def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
     from refocus.training.train import train_policy
 
     out = root / "policy"
+    while (out / "train_config.yaml").is_file() and not (out / "train_summary.json").is_file():
+        time.sleep(20)  # another process of this benchmark (a --seeds split) is training it
     if not (out / "policy" / "config.json").is_file():
         cfg = load_config(packaged_config("tiny"), max_steps=args.policy_steps, seed=args.seed)
         train_policy(train_qa, ref, out, cfg, progress=True)
@@ -99,6 +104,8 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[s
             cfg = load_answerer_config(args.config, method=method, max_steps=args.steps, seed=seed)
             if args.lr is not None:
                 cfg.learning_rate = args.lr
+            if args.questions_per_step is not None:
+                cfg.per_device_train_batch_size = args.questions_per_step
             trainer = AnswererTrainer(cfg, load_items(train_qa), sft, get_selector("uniform", seed=seed), run,
                                       resume=(run / "checkpoints" / "latest").is_file())
             trainer.train()
@@ -106,7 +113,8 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[s
     return out
 
 
-def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: int, max_new_tokens: int) -> dict:
+def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: int, max_new_tokens: int,
+              max_items: int | None = None) -> dict:
     from refocus.answerer.data import load_items
     from refocus.answerer.generation import GenerateConfig
     from refocus.evaluation import evaluate
@@ -114,7 +122,7 @@ def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: 
     from refocus.selectors import get_selector
 
     ref = load_reference(answerer_dir)
-    res = evaluate(load_items(heldout_qa), ref, get_selector(selector_spec, seed=0), budget, 1, progress=False,
+    res = evaluate(load_items(heldout_qa)[:max_items], ref, get_selector(selector_spec, seed=0), budget, 1, progress=False,
                    generate=GenerateConfig(max_new_tokens=max_new_tokens, do_sample=False))
     r = res["budgets"][budget]
     per_cat = {}
@@ -126,13 +134,13 @@ def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: 
             "per_category": per_cat, "n": r["n_items"]}
 
 
-def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int) -> dict:
+def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int, max_items: int | None = None) -> dict:
     from refocus.answerer.attribution import attribution_precision
     from refocus.answerer.data import EvidenceVideos, load_items
     from refocus.answerer.generation import Answerer
 
     a = Answerer.load(answerer_dir)
-    items = [it for it in load_items(heldout_qa) if it.evidence]
+    items = [it for it in load_items(heldout_qa)[:max_items] if it.evidence]
     return attribution_precision(a, items, EvidenceVideos(a.image_size), k=budget)
 
 
@@ -146,6 +154,30 @@ def _curves(root: Path, seeds: list[int]) -> dict:
             per_seed.append([r.get("reward/accuracy") for r in rows])
         curves[method] = per_seed
     return curves
+
+
+def _training_summary(root: Path, seeds: list[int]) -> dict:
+    """Per method, means over seeds of: rollout accuracy in the first / last 10 steps, grad
+    norm, share of groups with zero reward spread (no gradient in either method), kept share."""
+    out = {}
+    for method in ("grpo", "ktr"):
+        rows_by_seed = []
+        for seed in seeds:
+            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            if path.is_file():
+                rows_by_seed.append([json.loads(x) for x in path.read_text().splitlines()])
+
+        def avg(key: str, part=slice(None), rows_by_seed=rows_by_seed) -> float | None:
+            vals = [r[key] for rows in rows_by_seed for r in rows[part] if r.get(key) is not None]
+            return round(float(np.mean(vals)), 4) if vals else None
+
+        out[method] = {"accuracy_first10": avg("reward/accuracy", slice(0, 10)),
+                       "accuracy_last10": avg("reward/accuracy", slice(-10, None)),
+                       "format_last10": avg("reward/format", slice(-10, None)),
+                       "grad_norm": avg("train/grad_norm"), "frac_zero_std": avg("reward/frac_zero_std"),
+                       "kept_ratio": avg("ktr/kept_ratio"), "kl_last10": avg("train/kl", slice(-10, None)),
+                       "completion_length": avg("completion/length")}
+    return out
 
 
 def _plot(result: dict, curves: dict, png: Path) -> None:
@@ -187,16 +219,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout-videos", type=int, default=90)
     p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
     p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
-    p.add_argument("--align-steps", type=int, default=500)
-    p.add_argument("--vision-steps", type=int, default=600)
-    p.add_argument("--joint-steps", type=int, default=300)
+    p.add_argument("--align-steps", type=int, default=200)
+    p.add_argument("--vision-steps", type=int, default=300)
+    p.add_argument("--joint-steps", type=int, default=150)
+    p.add_argument("--reference-batch", type=int, default=16, help="reference training batch (vision: twice)")
     p.add_argument("--policy-steps", type=int, default=40)
     p.add_argument("--sft-steps", type=int, default=300)
     p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
     p.add_argument("--config", default=None, help="answerer RL config (default configs/answerer_tiny.yaml)")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate (both methods)")
+    p.add_argument("--questions-per-step", type=int, default=None, help="override the config's questions per RL step")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--max-heldout", type=int, default=None, help="evaluate on the first N held-out questions")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0, help="data splits, reference model and policy")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT/ktr.png)")
@@ -215,21 +250,22 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     train_qa, heldout_qa, niah_qa = _data(args, root)
     ref = _reference(args, root, train_qa, niah_qa)
-    policy = _policy(args, root, train_qa, ref)
+    all_dirs = {seed: _answerers(args, root, train_qa, ref, seed) for seed in seeds}
+    policy = _policy(args, root, train_qa, ref)  # needed only to evaluate, so seeds can train first
     evals: dict = {}
     attribution: dict = {}
-    for seed in seeds:
-        dirs = _answerers(args, root, train_qa, ref, seed)
+    for seed, dirs in all_dirs.items():
         for name, d in dirs.items():
             for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}")):
                 key = f"{name}_{sel}_seed{seed}"
                 evals[key] = _cached(root / "eval" / f"{key}.json",
-                                     lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget, args.max_new_tokens))
+                                     lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget,
+                                                                      args.max_new_tokens, args.max_heldout))
         for name in ("sft", "ktr"):
             attribution[f"{name}_seed{seed}"] = _cached(root / "eval" / f"attribution_{name}_seed{seed}.json",
-                                                        lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget))
+                                                        lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget, args.max_heldout))
     ref_eval = _cached(root / "eval" / "reference_option_logits.json", lambda: {
-        sel: _evaluate_logits(ref, heldout_qa, spec, args.budget)
+        sel: _evaluate_logits(ref, heldout_qa, spec, args.budget, args.max_heldout)
         for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}"), ("oracle", "oracle"))})
 
     def mean(name: str, sel: str) -> float:
@@ -253,16 +289,26 @@ def main(argv: list[str] | None = None) -> dict:
             "sft_visual_precision": attr("sft", "visual_precision"),
             "sft_temporal_precision": attr("sft", "temporal_precision"),
             "temporal_mask_visual_precision": attr("ktr", "temporal_mask_visual_precision"),
+            "temporal_mask_order_bearing_precision": attr("ktr", "temporal_mask_order_bearing_precision"),
+            "order_bearing_base_rate": attr("ktr", "order_bearing_base_rate"),
+            "entropy_mask_visual_precision": attr("ktr", "entropy_mask_visual_precision"),
             "temporal_mask_answer_share": attr("ktr", "temporal_mask_answer_share"),
             "visual_mask_answer_share": attr("ktr", "visual_mask_answer_share"),
         },
         "reference_option_logits": {k: v["accuracy"] for k, v in ref_eval.items()},
+        "training": _training_summary(root, seeds),
+        "sft_heldout": {f"seed{s}": json.loads((root / f"seed{s}" / "sft" / "sft.json").read_text())["after"]
+                        | {"option_logit_accuracy_before": json.loads(
+                            (root / f"seed{s}" / "sft" / "sft.json").read_text())["before"]["option_logit_accuracy"]}
+                        for s in seeds},
         "per_seed": {k: {"generated_accuracy": v["generated_accuracy"], "format_rate": v["format_rate"],
                          "per_category": v["per_category"]} for k, v in evals.items()},
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
+                    "heldout_evaluated": args.max_heldout or args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
                     "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
-                    "lr": args.lr, "seconds": round(time.time() - t0, 1)},
+                    "reference_steps": [args.align_steps, args.vision_steps, args.joint_steps],
+                    "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},
     }
     png = args.plot or root / "ktr.png"
     _plot(result, _curves(root, seeds), png)
@@ -275,13 +321,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _evaluate_logits(ref_dir: Path, heldout_qa: Path, spec: str, budget: int) -> dict:
+def _evaluate_logits(ref_dir: Path, heldout_qa: Path, spec: str, budget: int, max_items: int | None = None) -> dict:
     from refocus.answerer.data import load_items
     from refocus.evaluation import evaluate
     from refocus.reference import load_reference
     from refocus.selectors import get_selector
 
-    res = evaluate(load_items(heldout_qa), load_reference(ref_dir), get_selector(spec, seed=0), budget, 1, progress=False)
+    res = evaluate(load_items(heldout_qa)[:max_items], load_reference(ref_dir), get_selector(spec, seed=0), budget, 1,
+                   progress=False)
     return {"accuracy": res["budgets"][budget]["accuracy"]}
 
 

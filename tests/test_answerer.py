@@ -176,3 +176,15 @@ def test_attribution_precision_against_template_tags(sft_dir, qwen_dir, multi):
     q = Answerer.load(qwen_dir)
     with pytest.raises(RefocusError, match="word-level"):
         attribution_precision(q, items[:1], EvidenceVideos(q.image_size), k=2)
+
+
+def test_frozen_vision_tower_stays_in_eval_mode_through_generation(small_dir, multi):
+    from refocus.answerer.generation import set_train_mode, vision_module
+
+    a = Answerer.load(small_dir)
+    set_train_mode(a.model, train_vision=False)
+    tower = vision_module(a.model)
+    assert a.model.training and not tower.training
+    s = a.image_size
+    a.generate(load_questions(multi)[0], [np.zeros((s, s, 3), np.uint8)] * 2, GenerateConfig(max_new_tokens=2))
+    assert a.model.training and not any(m.training for m in tower.modules())

@@ -585,10 +585,10 @@ def test_train_fine_tunes_an_imported_policy_without_reinitialising(tmp_path, im
     (tmp_path / "train.yaml").write_text(
         "num_generations: 4\nper_device_train_batch_size: 2\nselection_sizes: [3]\ncurriculum_starts: [0]\n"
         "max_steps: 2\nlearning_rate: 1.0e-5\nlearning_rate_reinit: 1.0e-4\nwarmup_ratio: 0.0\nbf16: false\n"
-        "gradient_checkpointing: false\nsave_steps: 100\nseed: 0\n" f"init_policy: {imported}\n"
+        "gradient_checkpointing: false\nsave_steps: 100\nseed: 0\n"
     )
     code, err = run_cli("train", "--data", bench, "--reference", reference, "--out", tmp_path / "run",
-                        "--config", tmp_path / "train.yaml", capsys=capsys)
+                        "--config", tmp_path / "train.yaml", "--policy", imported, capsys=capsys)
     assert code == 0, err
     before = load_file(imported / "model.safetensors")
     after = load_file(tmp_path / "run" / "policy" / "model.safetensors")
@@ -636,8 +636,9 @@ def test_policy_options_of_the_authors_conventions():
             FramePolicyConfig(backbone_config=backbone, **bad)
 
 
-def test_parity_script_writes_our_side(tmp_path, imported, monkeypatch):
-    """benchmarks/official_parity.py --side ours, on CPU (their side needs their code and a GPU)."""
+def test_parity_script_select_and_official_protocol_on_the_imported_policy(tmp_path, imported, monkeypatch):
+    """benchmarks/official_parity.py --side ours on CPU (their side needs their code and a GPU), then
+    `refocus select` and its official protocol with the imported policy."""
     import importlib.util
     import sys
     from argparse import Namespace
@@ -665,3 +666,26 @@ def test_parity_script_writes_our_side(tmp_path, imported, monkeypatch):
     code = run_cli("select", "--policy", imported, "--data", bench, "--budget", 3, "--out", tmp_path / "sel.jsonl")[0]
     rows = [json.loads(line) for line in (tmp_path / "sel.jsonl").read_text().splitlines()]
     assert code == 0 and len(rows) == 1 and len(rows[0]["indices"]) == 3
+
+    # --protocol official is the authors' export: uniform below 128 decoded frames, else the first
+    # candidate's picks (a sample at temperature 1, without replacement) sorted.
+    from refocus.policy import policy_prompt
+    from refocus.seeding import item_seed
+    from refocus.selectors.policy import PolicySelector
+    from refocus.video import load_video
+
+    item = load_questions(bench)[0]
+    decoded = load_video(item.video, fps=4.0, max_frames=512, size=TOWER["image_size"])
+    t = len(decoded.frames)
+    for extra, expected in (([], np.linspace(0, t - 1, 3, dtype=int).tolist()), (["--uniform-below", 4], None)):
+        code = run_cli("select", "--policy", imported, "--data", bench, "--budget", 3, "--protocol", "official",
+                       "--seed", 5, "--out", tmp_path / "official.jsonl", *extra)[0]
+        got = json.loads((tmp_path / "official.jsonl").read_text())["indices"]
+        if expected is None:
+            selector = PolicySelector.from_dir(imported)
+            feats = selector.prepare(decoded, item)
+            gen = torch.Generator().manual_seed(item_seed(5, item.id))
+            out = selector.policy.select([feats], [policy_prompt(selector.policy.config, selector.tokenizer, item)],
+                                         k=3, num_candidates=1, mode="sample", generator=gen)
+            expected = sorted(out.order[0, 0].tolist())
+        assert code == 0 and got == expected

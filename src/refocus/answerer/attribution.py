@@ -7,7 +7,8 @@ the attention mask, frames shuffled before the processor, entropy), each mask ke
 ``ratio`` of all rationale tokens of the set by the batch quantile rule, and its precision is
 the share of kept tokens carrying the matching tag (visual: colour / shape words; temporal:
 first / then / last and counts). The base rate (share of tagged tokens) is what a random
-mask would score.
+mask would score. Also reported: precision against "order-bearing" tokens (temporal words,
+plus the object words of an order rationale, whose place in the list follows the video's order).
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def rationale_scores(answerer, item, frames, rng: np.random.Generator) -> dict:
         perm = rng.permutation(len(frames))
         shuffled = answerer.encode(item, [frames[i] for i in perm])
         shuf = token_logprobs(answerer.completion_logits(shuffled, comp), comp)
+    tags = list(rat.tags) + [None]
+    # Order-bearing: a temporal word, or (in an order rationale) an object word whose place in
+    # the list is set by when the object appeared, so shuffled frames change it.
+    order = [t == "temporal" or (t == "visual" and item.category == "order") for t in tags]
     return {"visual": (logp - masked)[0], "temporal": (logp - shuf)[0],
-            "entropy": ktr_math.token_entropy(logits)[0], "tags": list(rat.tags) + [None]}
+            "entropy": ktr_math.token_entropy(logits)[0], "tags": tags, "order_bearing": order}
 
 
 def attribution_precision(answerer, items, videos: EvidenceVideos, k: int = 8, ratio: float = 0.2,
@@ -58,27 +63,29 @@ def attribution_precision(answerer, items, videos: EvidenceVideos, k: int = 8, r
         raise RefocusError("no questions for attribution")
     c = max(len(r["tags"]) for r in rows)
     valid = torch.zeros(len(rows), c, dtype=torch.bool)
-    tags = {"visual": torch.zeros_like(valid), "temporal": torch.zeros_like(valid)}
+    tags = {"visual": torch.zeros_like(valid), "temporal": torch.zeros_like(valid),
+            "order_bearing": torch.zeros_like(valid)}
     scores = {name: torch.full((len(rows), c), float("nan")) for name in ("visual", "temporal", "entropy")}
     for i, r in enumerate(rows):
         n = len(r["tags"])
         valid[i, :n] = True
         for name in scores:
             scores[name][i, :n] = r[name].float().cpu()
-        for name in tags:
+        for name in ("visual", "temporal"):
             tags[name][i, :n] = torch.tensor([t == name for t in r["tags"]])
+        tags["order_bearing"][i, :n] = torch.tensor(r["order_bearing"])
     out: dict = {"questions": len(rows), "tokens": int(valid.sum()), "ratio": ratio}
     for name in ("visual", "temporal", "entropy"):
         mask = ktr_math.top_ratio_mask(scores[name], valid, ratio)
         kept = max(1, int(mask.sum()))
-        for tag in ("visual", "temporal"):
+        for tag in ("visual", "temporal", "order_bearing"):
             hit = int((mask & tags[tag]).sum())
             out[f"{name}_mask_{tag}_precision"] = hit / kept
             out[f"{name}_mask_{tag}_recall"] = hit / max(1, int(tags[tag].sum()))
         out[f"{name}_mask_answer_share"] = sum(
             bool(mask[i, j]) and r["tags"][j] == "answer" for i, r in enumerate(rows) for j in range(len(r["tags"]))
         ) / kept
-    for tag in ("visual", "temporal"):
+    for tag in ("visual", "temporal", "order_bearing"):
         out[f"{tag}_base_rate"] = int(tags[tag].sum()) / int(valid.sum())
     out["visual_precision"] = out["visual_mask_visual_precision"]
     out["temporal_precision"] = out["temporal_mask_temporal_precision"]

@@ -136,11 +136,12 @@ class Answerer:
             kwargs |= dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         else:
             kwargs |= dict(temperature=None, top_p=None, top_k=None)
-        was_training = self.model.training
+        modes = [(m, m.training) for m in self.model.modules()]  # restored exactly (a frozen tower stays in eval)
         self.model.eval()
         with torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
-        self.model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
         ids = out[:, enc["input_ids"].shape[1]:]
         if ids.shape[1] == 0:
             ids = torch.full((num, 1), self.pad_id, dtype=torch.long, device=out.device)
@@ -207,6 +208,25 @@ class Answerer:
                 value = value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
             out[key] = value
         return out
+
+
+def vision_module(model: Any) -> Any:
+    """The vision tower of an HF VLM (``vision_tower`` or Qwen's ``visual``), or None."""
+    for owner in (model, getattr(model, "model", None)):
+        for name in ("vision_tower", "visual", "vision_model"):
+            tower = getattr(owner, name, None) if owner is not None else None
+            if tower is not None:
+                return tower
+    return None
+
+
+def set_train_mode(model: Any, train_vision: bool) -> None:
+    """Train mode for the parts being trained; a frozen vision tower stays in eval mode (its
+    batch norms keep their running statistics, as in the small reference model's training)."""
+    model.train()
+    tower = vision_module(model)
+    if tower is not None and not train_vision:
+        tower.eval()
 
 
 def _repeat(enc: dict[str, Any], n: int) -> dict[str, Any]:

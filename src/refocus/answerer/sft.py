@@ -165,7 +165,7 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     from tqdm.auto import tqdm
 
     from refocus.answerer.data import load_items
-    from refocus.answerer.generation import Answerer
+    from refocus.answerer.generation import Answerer, set_train_mode
     from refocus.reference import load_reference
     from refocus.reference.small_training import is_held_out, shuffle_options
     from refocus.seeding import seed_everything
@@ -190,7 +190,7 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     added = extend_vocabulary(answerer.model, answerer.processor, rationale_words(items))
     answerer = Answerer(answerer.model, answerer.processor, name=adapter.name, image_size=answerer.image_size)
     model = answerer.model
-    model.train()
+    set_train_mode(model, cfg.train_vision)
     for name, p in model.named_parameters():
         p.requires_grad_(cfg.train_vision or "vision_tower" not in name and "visual" not in name.split(".")[:3])
     params = [p for p in model.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ import yaml
 
 from refocus.answerer import ktr_math
 from refocus.answerer.config import AnswererTrainConfig
-from refocus.answerer.generation import Answerer, GenerateConfig, token_logprobs
+from refocus.answerer.generation import Answerer, GenerateConfig, set_train_mode, token_logprobs
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.io import write_text
@@ -162,7 +162,7 @@ class AnswererTrainer:
         acc = torch.tensor([ktr_math.accuracy_reward(t, item.answer) for t in comps.texts])
         fmt = torch.tensor([ktr_math.format_reward(t) for t in comps.texts])
         enc = ans.encode(item, frames)
-        self.model.train()
+        set_train_mode(self.model, cfg.train_vision)
         logits = ans.completion_logits(enc, comps.ids)
         r = Rollout(item, comps.ids, comps.valid, cfg.accuracy_weight * acc + cfg.format_weight * fmt,
                     acc, fmt, token_logprobs(logits, comps.ids), single_image=len(frames) == 1)
