@@ -58,7 +58,7 @@ def main() -> int:
     root = cache_root() / "demo-data"
     train_qa = _synth("niah", root / f"protocols-train-{cfg.train_videos}", cfg.train_videos, cfg.frames, 0, False)
     heldout_qa = _synth("niah", root / f"protocols-heldout-{cfg.heldout_videos}", cfg.heldout_videos, cfg.frames, 1, False)
-    ref_dir, _ = get_small_reference(train_qa, cfg, progress=False)
+    ref_dir, _ = get_small_reference([train_qa], cfg, progress=False)
     reference = load_reference(ref_dir, batch_size=16)
     fcfg = FilterConfig(tau=cfg.tau, frames_per_subset=cfg.filter_frames_per_subset)
     filtered = run_filter(load_questions(train_qa), reference, fcfg, progress=False)
