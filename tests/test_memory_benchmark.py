@@ -101,3 +101,46 @@ def test_replay_memory_is_flat_in_the_batch_at_a_fixed_micro_batch(memory):
             peaks[(micro, b)] = tracker.peak
     assert peaks[(1, 4)] < 1.05 * peaks[(1, 2)]  # flat: one question's activations at a time
     assert peaks[(None, 4)] > 1.6 * peaks[(None, 2)]  # the whole batch at once grows with it
+
+
+def test_sequence_checkpointing_keeps_replay_memory_nearly_flat_in_the_frames(memory):
+    """Multi-axis checkpointing: with the prefix in checkpointed segments, what a replay
+    backward keeps per frame is the segment-boundary state and one output, not a block input
+    per layer; so its peak grows far slower with T than per-block checkpointing alone.
+    (A boundary state that is a view of its segment's convolution input kept every segment's
+    activations alive: 0.24 of the per-block growth here instead of 0.08.)"""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_replay import _loss, gen, inputs, make_policy
+
+    torch.set_num_threads(1)
+    peaks = {}
+    for segment in (None, 4):
+        for frames in (32, 128):
+            policy = make_policy(seed=2).train()
+            policy.activation_checkpointing_enable()
+            policy.prefix_segment_frames = segment
+            feats, ids = inputs([frames], seed=3)
+            with torch.no_grad():
+                order = policy.select(feats, ids, k=4, num_candidates=4, generator=gen(3)).order
+            with memory.PeakTracker() as tracker:
+                _loss(policy, feats, ids, order).backward()
+            peaks[(segment, frames)] = tracker.peak
+    per_block = peaks[(None, 128)] - peaks[(None, 32)]
+    segmented = peaks[(4, 128)] - peaks[(4, 32)]
+    assert per_block > 0
+    assert segmented < 0.15 * per_block
+
+
+def test_recurrent_states_own_their_storage():
+    """The states a block records are copies: a view would keep the whole chunk's
+    convolution input (every token) alive for as long as the state is kept."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_replay import inputs, make_policy
+
+    from refocus.policy.prefix import run_prefix
+
+    policy = make_policy(seed=1)
+    feats, ids = inputs([20], seed=2)
+    _, state = run_prefix(policy, feats[0][None], ids[0][None], segment_frames=6)
+    for tensor in state.conv + state.ssm:
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()

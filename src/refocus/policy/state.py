@@ -56,6 +56,11 @@ class RecurrentState:
         )
 
 
+def _owns_storage(t: torch.Tensor) -> bool:
+    """True when ``t`` spans its whole storage (it keeps nothing else alive)."""
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 class StateCache:
     """Stand-in for a transformers cache that reads given states and records new ones.
 
@@ -93,11 +98,13 @@ class StateCache:
         last = full[..., -self.conv_kernel :]
         if last.shape[-1] < self.conv_kernel:  # a prefix shorter than the kernel: zero history
             last = F.pad(last, (self.conv_kernel - last.shape[-1], 0))
-        self.conv_out[layer_idx] = last
+        # A copy, not a view: the view would keep ``full`` (every token of the chunk) alive
+        # for as long as the state lives, e.g. all segment-boundary states of the prefix.
+        self.conv_out[layer_idx] = last.clone()
         return full
 
     def update_recurrent_state(self, state: torch.Tensor, layer_idx: int, **kwargs) -> torch.Tensor:
-        self.ssm_out[layer_idx] = state
+        self.ssm_out[layer_idx] = state if _owns_storage(state) else state.clone()
         return state
 
     def result(self) -> RecurrentState:
