@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from refocus.errors import ConfigError
@@ -88,3 +89,20 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config fields") -> dict[str, Any]:
+    """The mapping at the top of a YAML file (an empty file is ``{}``); a missing file,
+    invalid YAML or another top-level value is a :class:`ConfigError` naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what}")
+    return loaded

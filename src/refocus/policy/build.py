@@ -405,19 +405,10 @@ def save_policy(policy: Any, tokenizer: Any, out: str | Path, provenance: dict |
 def policy_section(path: str | Path) -> dict[str, Any]:
     """The ``policy:`` section of a training config YAML (or a file of policy fields alone),
     its keys checked (a misspelled one is an error naming it and the file)."""
-    import yaml
-
+    from refocus.configuration import read_yaml_mapping
     from refocus.policy.configuration import check_policy_keys
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping")
+    loaded = read_yaml_mapping(path, "config fields (or a policy: section)")
     section = loaded.get("policy", loaded if "policy" not in loaded and _looks_like_policy(loaded) else {})
     try:
         check_policy_keys(section)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from refocus.configuration import merge
+from refocus.configuration import merge, read_yaml_mapping
 from refocus.errors import ConfigError
 from refocus.video.config import DecodeConfig
 
@@ -345,16 +345,7 @@ def _dataclass_defaults_of(cls: type, sets: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml_fields(cls: type, path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields")
+    loaded = read_yaml_mapping(path)
     _check_known(cls, loaded, path)
     return loaded
 
