@@ -167,8 +167,12 @@ def get_small_reference(train_qas: list[Path], cfg: DemoConfig, progress: bool) 
 
     # Batches of 32 prompts: here two threads are ~1.5x faster than one (225 s vs 341 s for the
     # whole training on the 2-core machine), unlike the other stages' tiny per-question calls.
+    # An explicit OMP_NUM_THREADS wins (a machine shared with other jobs: oversubscribed
+    # threads spin and can make each step several times slower).
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0
+                          else max(1, min(4, os.cpu_count() or 1)))
     try:
         items = [it for qa in train_qas for it in load_questions(qa)]
         train_small_reference(items, tmp, train_cfg, progress=progress)
