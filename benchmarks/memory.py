@@ -157,6 +157,7 @@ def measure(c: dict, workdir: Path, threads: int) -> dict:
     from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
     from refocus.training.config import GRPOConfig
     from refocus.training.trainer import GRPOTrainer
+    from refocus.video.config import DecodeConfig
 
     torch.set_num_threads(threads)
     bench = workdir / f"niah-{c['T']}"
@@ -173,7 +174,7 @@ def measure(c: dict, workdir: Path, threads: int) -> dict:
     cfg = GRPOConfig(num_generations=c["G"], per_device_train_batch_size=c["B"], selection_sizes=[c["K"]],
                      curriculum_starts=[0], max_steps=2, bf16=False, gradient_checkpointing=True,
                      micro_batch_size=c["m"], prefix_segment_frames=c["s"], save_steps=100, policy=policy,
-                     max_frames=c["T"])
+                     decode=DecodeConfig(max_frames=c["T"]))
     trainer = GRPOTrainer(cfg, items, load_reference(ref_dir), workdir / "run", progress=False)
     trainer.train_step()  # warm-up: decode, encode features, allocate optimiser state
     trainer.step += 1

@@ -114,6 +114,36 @@ def test_answerer_train_ktr_end_to_end_with_resume(tmp_path, sft_dir, multi):
     assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
 
 
+def test_answerer_resume_equals_uninterrupted_and_refuses_another_config(tmp_path, sft_dir, multi):
+    """Resume goes through the shared trainer core: every weight is loaded (the small
+    answerer saves under renamed keys; loading those non-strictly used to load none) and the
+    RNG and optimiser continue, so 1 + 1 steps end where 2 steps do. (This barely trained
+    answerer earns no reward yet; AdamW's decoupled weight decay still moves every weight.)"""
+    from safetensors.torch import load_file
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_generations: 3\nper_device_train_batch_size: 2\nmax_new_tokens: 6\nframes: 4\n"
+                   "save_steps: 1\nlearning_rate: 1.0e-2\nweight_decay: 0.1\nbeta: 0.0\n")
+
+    def run(out, *extra):
+        args = ["answerer", "train", "--method", "grpo", "--data", str(multi), "--answerer", str(sft_dir),
+                "--selector", "uniform",
+                "--out", str(out), "--config", str(cfg), *extra]
+        return main(args)
+
+    assert run(tmp_path / "full", "--max-steps", "2") == 0
+    assert run(tmp_path / "split", "--max-steps", "1") == 0
+    assert run(tmp_path / "split", "--max-steps", "2", "--resume") == 0
+    full = load_file(tmp_path / "full" / "answerer" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "answerer" / "model.safetensors")
+    start = load_file(sft_dir / "model.safetensors")
+    assert full.keys() == split.keys()
+    assert any(not torch.equal(full[k], start[k]) for k in full if k in start)  # it trained
+    assert all(torch.allclose(full[k], split[k], atol=1e-6) for k in full)
+    cfg.write_text(cfg.read_text().replace("learning_rate: 1.0e-2", "learning_rate: 2.0e-2"))
+    assert run(tmp_path / "split", "--max-steps", "3", "--resume") == 1  # a one-line error
+
+
 def test_answerer_train_grpo_and_ktr_with_tiny_qwen(tmp_path, qwen_dir, multi):
     """A Hugging Face VLM as the answerer: SFT, then KTR (visual tokens masked in attention,
     frames shuffled before the processor) and GRPO steps."""

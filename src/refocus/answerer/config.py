@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from refocus.errors import ConfigError
 from refocus.video.config import DecodeConfig
@@ -111,6 +111,20 @@ class AnswererTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "logging_steps", "save_steps", "save_total_limit", "max_consecutive_nonfinite", "max_steps",
+    )
+    """Fields that may differ between a checkpoint and the run resuming it: they change what
+    is written, not what is learnt (as in ``refocus train``), and ``max_steps``, because the
+    schedule here (a warm-up of ``warmup_steps``, then constant) does not depend on it, so a
+    run can be extended."""
+
+    def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
+        """What :class:`refocus.training.core.TrainingLoop` refuses to resume across."""
+        from refocus.training.config import config_mismatch
+
+        return config_mismatch(self.to_dict(), saved, self.RESUME_FREE_FIELDS)
 
 
 def load_answerer_config(path: str | Path | None = None, **overrides: Any) -> AnswererTrainConfig:

@@ -11,9 +11,11 @@ Per step:
   6. one update per rollout batch (no clipping) on kept tokens, with the k3 KL to the frozen
      starting answerer; metrics (``ktr/visual_ratio`` ...), checkpoint.
 
-Checkpoints, resume and metrics are those of ``refocus train`` (``refocus.training.checkpoint``,
-``refocus.training.metrics``): ``DIR/checkpoints/step-N`` (HF model + processor + trainer state),
-``DIR/metrics.jsonl``, the final answerer in ``DIR/answerer``.
+The loop, question order, non-finite guard, checkpoints, strict config-checked resume and
+metrics are ``refocus train``'s (:class:`refocus.training.core.TrainingLoop`):
+``DIR/checkpoints/step-N`` (HF model + processor + trainer state + this process's optimiser
+state), ``DIR/metrics.jsonl``, the final answerer in ``DIR/answerer``. One process: the
+rollouts call the model directly, outside a data-parallel wrapper.
 """
 
 from __future__ import annotations
@@ -21,29 +23,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from refocus.answerer import ktr_math
 from refocus.answerer.config import AnswererTrainConfig
 from refocus.answerer.generation import Answerer, GenerateConfig, set_train_mode, token_logprobs
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
-from refocus.io import write_text
-from refocus.training.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from refocus.training.metrics import MetricsWriter
-
-
-class TrainingDiverged(RefocusError):
-    """Too many consecutive steps with a non-finite loss."""
+from refocus.training import launch
+from refocus.training.core import TrainingLoop
 
 
 @dataclass
@@ -68,7 +59,11 @@ def pad_cat(rows: list[torch.Tensor], value: float) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(r, (0, c - r.shape[1]), value=value) for r in rows])
 
 
-class AnswererTrainer:
+class AnswererTrainer(TrainingLoop):
+    """GRPO / Video-KTR on the answerer's own completions (see the module docstring)."""
+
+    export_name = "answerer"
+
     def __init__(self, cfg: AnswererTrainConfig, items: list[QAItem], answerer_dir: str | Path,
                  selector, out_dir: str | Path, resume: bool = False, progress: bool = True,
                  device: str = "cpu") -> None:
@@ -77,11 +72,16 @@ class AnswererTrainer:
 
         if not items:
             raise RefocusError("no training questions")
-        self.cfg, self.items, self.selector = cfg, items, selector
-        self.out_dir, self.progress = Path(out_dir), progress
+        self.init_loop(cfg, items, out_dir, launch.make_accelerator(), progress)
+        if self.world > 1:
+            raise RefocusError("refocus answerer train runs in one process (got "
+                               f"{self.world} under accelerate launch)")
+        self.desc = f"answerer {cfg.method}"
+        self.selector = selector
         seed_everything(cfg.seed)
         self.answerer = Answerer.load(answerer_dir, device=device)
         self.model = self.answerer.model
+        self.processor = self.answerer.processor
         self.reference = Answerer.load(answerer_dir, device=device) if cfg.beta > 0 else None
         if self.reference is not None:
             self.reference.model.eval().requires_grad_(False)
@@ -96,24 +96,21 @@ class AnswererTrainer:
         self.size = int(self.answerer.image_size)
         self.frames = FrameStore(cfg.decode.fps, cfg.decode.max_frames, capacity=256)
         self.perm_rng = np.random.default_rng(cfg.seed + 17)
-        self.metrics = MetricsWriter(self.out_dir)
         self.gen_cfg = GenerateConfig(cfg.max_new_tokens, True, cfg.temperature, cfg.top_p)
-        self.step = 0
-        self.nonfinite_run = self.nonfinite_total = 0
-        self.skipped: dict[str, str] = {}
-        if resume:
-            self._resume()
+        self.maybe_resume(resume)
+
+    # ------------------------------------------------------------------ loop hooks
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"acc": f"{metrics.get('reward/accuracy', float('nan')):.2f}",
+                "kept": f"{metrics.get('ktr/kept_ratio', 1.0):.2f}"}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"perm_rng": self.perm_rng.bit_generator.state}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.perm_rng.bit_generator.state = state["perm_rng"]
 
     # ------------------------------------------------------------------ data
-    def _batch_items(self, step: int) -> list[QAItem]:
-        n = self.cfg.per_device_train_batch_size
-        out = []
-        for pos in range(step * n, (step + 1) * n):
-            epoch, offset = divmod(pos, len(self.items))
-            perm = np.random.default_rng((self.cfg.seed, epoch)).permutation(len(self.items))
-            out.append(self.items[int(perm[offset])])
-        return out
-
     def frames_for(self, item: QAItem) -> list[np.ndarray]:
         """The selector's K frames of ``item`` at the answerer's size, in temporal order."""
         frames = self.frames.get(item, self.size)
@@ -123,29 +120,10 @@ class AnswererTrainer:
         idx = self.selector.select(select, item, self.cfg.frames)
         return [frames.frames[i] for i in idx]
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ run
     def train(self) -> dict:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc=f"answerer {self.cfg.method}",
-                   disable=not self.progress)
-        last: dict = {}
-        while self.step < self.cfg.max_steps:
-            last = self.train_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(acc=f"{last.get('reward/accuracy', float('nan')):.2f}",
-                            kept=f"{last.get('ktr/kept_ratio', 1.0):.2f}")
-            if self.step % self.cfg.logging_steps == 0:
-                self.metrics.log(self.step, last)
-            if self.step % self.cfg.save_steps == 0 or self.step == self.cfg.max_steps:
-                self._save()
-        bar.close()
-        final = self.out_dir / "answerer"
-        self.model.save_pretrained(final)
-        self.answerer.processor.save_pretrained(final)
-        write_text(final / "train_config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self.metrics.close()
+        last = self.fit()
+        final = self.export()
         return {"steps": self.step, "answerer_dir": str(final), "last_metrics": last,
                 "nonfinite_steps": self.nonfinite_total,
                 "skipped": [{"id": k, "reason": v} for k, v in sorted(self.skipped.items())]}
@@ -202,7 +180,8 @@ class AnswererTrainer:
     def train_step(self) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        rollouts = [r for it in self._batch_items(self.step) if (r := self.rollout(it)) is not None]
+        batch = [self.items[i] for i in self.batch_indices(self.step)]
+        rollouts = [r for it in batch if (r := self.rollout(it)) is not None]
         if not rollouts:
             return {"train/skipped_items": len(self.skipped)}
         t1 = time.perf_counter()
@@ -214,7 +193,7 @@ class AnswererTrainer:
         masks = self.keep_masks(rollouts, valid)
         loss, stats = ktr_math.ktr_loss(logp, adv.to(logp.device), masks["kept"], ref, cfg.beta, cfg.normalisation)
         grad_norm = float("nan")
-        if self._finite(loss):
+        if self.check_finite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
@@ -238,40 +217,3 @@ class AnswererTrainer:
             if name in masks:
                 metrics[f"ktr/{name}_ratio"] = ktr_math.kept_ratio(masks[name], valid)
         return metrics
-
-    # ------------------------------------------------------------------ helpers
-    def _finite(self, loss: torch.Tensor) -> bool:
-        if torch.isfinite(loss).all():
-            self.nonfinite_run = 0
-            return True
-        self.nonfinite_total += 1
-        self.nonfinite_run += 1
-        if self.nonfinite_run >= self.cfg.max_consecutive_nonfinite:
-            raise TrainingDiverged(f"loss was NaN/inf for {self.nonfinite_run} steps in a row (step {self.step}); "
-                                   f"the last good checkpoint is in {self.out_dir / 'checkpoints'}")
-        return False
-
-    def _save(self) -> None:
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                 "perm_rng": self.perm_rng.bit_generator.state, "nonfinite_total": self.nonfinite_total,
-                 "nonfinite_run": self.nonfinite_run, "skipped": self.skipped}
-        save_checkpoint(self.out_dir, self.step, self.model, self.answerer.processor, state,
-                        yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), keep=self.cfg.save_total_limit)
-
-    def _resume(self) -> None:
-        from safetensors.torch import load_file
-
-        ckpt = latest_checkpoint(self.out_dir)
-        if ckpt is None:
-            raise RefocusError(f"{self.out_dir}: --resume given but no checkpoint found")
-        self.model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
-        state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.perm_rng.bit_generator.state = state["perm_rng"]
-        self.step, self.skipped = state["step"], dict(state["skipped"])
-        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
-        self.metrics.truncate_after(self.step)
-

@@ -151,12 +151,13 @@ class FramePolicy(PreTrainedModel):
         old_scale = _scalar_logit_scale(args[0]) if args else None
         if old_scale is not None:  # a checkpoint from before logit_scale had shape (1,)
             kwargs["ignore_mismatched_sizes"] = True
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if old_scale is not None:
             with torch.no_grad():
                 model.logit_scale.copy_(old_scale.reshape(1))
         model._freeze_vision()
-        return model
+        return loaded
 
     # ------------------------------------------------------------------ initialisation (B.2)
 

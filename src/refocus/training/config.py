@@ -21,6 +21,14 @@ T = TypeVar("T")
 IMPORTANCE_LEVELS = ("subset", "sequence", "token")
 
 
+def config_mismatch(now: dict[str, Any], saved: dict[str, Any], free: tuple[str, ...]) -> list[str]:
+    """Fields whose value in ``saved`` (a checkpoint's config) differs from ``now``, other than
+    the ``free`` ones, as ``"name: saved -> now"`` lines (what a resume refuses)."""
+    keys = sorted((set(now) | set(saved)) - set(free))
+    return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+            for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+
+
 @dataclass
 class TrainerConfig:
     """What every trainer of the policy reads (GRPO and Frame-Voyager): batching, the optimiser
@@ -115,10 +123,7 @@ class TrainerConfig:
     def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
         """Fields whose value in ``saved`` (a checkpoint's config) differs from this config's,
         other than :attr:`RESUME_FREE_FIELDS`, as ``"name: saved -> now"`` lines."""
-        now = self.to_dict()
-        keys = sorted((set(now) | set(saved)) - set(self.RESUME_FREE_FIELDS))
-        return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
-                for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+        return config_mismatch(self.to_dict(), saved, self.RESUME_FREE_FIELDS)
 
 
 @dataclass

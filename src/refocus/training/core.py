@@ -1,13 +1,18 @@
-"""The trainer core shared by GRPO and Frame-Voyager: one loop, one checkpoint format.
+"""The trainer core shared by every trainer in refocus: one loop, one checkpoint format.
 
-:class:`PolicyTrainer` owns what every way of training the policy needs: the accelerate
-process group (data-parallel under ``accelerate launch``), the policy and its tokenizer
-(:func:`build_policy`), AdamW with the two learning rates and the schedule
-(:func:`make_optimizer`), the per-rank question order, decoded frames and frozen features,
-the loop with its progress bar and metrics, strict config-checked checkpoints and resume,
-and the final export to ``DIR/policy``. A subclass supplies :meth:`PolicyTrainer.train_step`
-(one optimiser step, returning its metrics) and, when it keeps more state, the hooks
-:meth:`extra_state` / :meth:`load_extra_state` and :meth:`write_extra_files`.
+:class:`TrainingLoop` is what every trainer needs, whatever it trains: the per-rank
+question order, the loop with its progress bar and metrics, the guard against non-finite
+losses, strict config-checked checkpoints (every process's own state) and resume, and the
+final export. :class:`PolicyTrainer` adds what training the frame policy needs: the
+accelerate process group (data-parallel under ``accelerate launch``), the policy and its
+tokenizer (:func:`build_policy`), AdamW with the two learning rates and the schedule
+(:func:`make_optimizer`), decoded frames and frozen features; GRPO
+(``training/trainer.py``) and Frame-Voyager (``voyager/train.py``) derive from it, the
+answerer's GRPO / Video-KTR trainer (``answerer/trainer.py``) from :class:`TrainingLoop`.
+
+A subclass supplies :meth:`TrainingLoop.train_step` (one optimiser step, returning its
+metrics) and, when it keeps more state, the hooks :meth:`extra_state` /
+:meth:`load_extra_state` and :meth:`write_extra_files`.
 """
 
 from __future__ import annotations
@@ -107,53 +112,47 @@ def make_optimizer(policy, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, t
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-class PolicyTrainer:
-    """The loop, sharding, logging, checkpoints and export; subclasses supply the step.
+class TrainingDiverged(RefocusError):
+    """Too many consecutive steps with a non-finite loss."""
 
-    items: the training questions. reference: the loaded reference model whose vision tower
-    and tokenizer a new policy uses (may be None with ``cfg.init_policy``). frames: the
-    decoding store.
+
+class TrainingLoop:
+    """The loop, question order, logging, non-finite guard, checkpoints, resume and export.
+
+    A subclass's ``__init__`` calls :meth:`init_loop`, then sets ``self.model`` (the model to
+    step, possibly wrapped by accelerate), ``self.optimizer``, ``self.scheduler`` and
+    ``self.processor`` (the tokenizer or processor saved beside the model), then calls
+    :meth:`maybe_resume`. ``cfg`` needs the bookkeeping fields of :class:`TrainerConfig`
+    (``per_device_train_batch_size``, ``max_steps``, ``seed``, ``logging_steps``,
+    ``save_steps``, ``save_total_limit``), ``to_dict()`` and ``resume_mismatch(saved)``.
     """
 
     desc = "train"
     """Progress-bar label."""
+    export_name = "policy"
+    """The final model is written to ``DIR/<export_name>``."""
+    diverged_hint = ""
+    """Advice appended to the error raised after too many non-finite steps."""
 
-    def __init__(
-        self,
-        cfg: TrainerConfig,
-        items: list[QAItem],
-        reference: Any,
-        out_dir: str | Path,
-        *,
-        frames: FrameStore,
-        resume: bool = False,
-        progress: bool = True,
-    ) -> None:
-        from refocus.seeding import seed_everything
-
+    def init_loop(self, cfg, items: list[QAItem], out_dir: str | Path, accelerator, progress: bool) -> None:
         self.cfg = cfg
         self.items = items
-        self.reference = reference
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.accelerator = launch.make_accelerator()
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
-        self.policy, self.tokenizer = build_policy(cfg, reference)
-        if cfg.gradient_checkpointing:
-            self.policy.activation_checkpointing_enable()
-        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
-        self.model, self.optimizer = launch.prepare(self.accelerator, self.policy, self.optimizer, cfg)
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index
+        self.world = accelerator.num_processes
         self.generator = torch.Generator().manual_seed(self.generator_seed())
-        self.frames = frames
-        self.features = self.feature_store(frames)
-        self.metrics = MetricsWriter(self.out_dir, enabled=self.accelerator.is_main_process)
+        self.metrics = MetricsWriter(self.out_dir, enabled=accelerator.is_main_process)
         self.step = 0
         self.skipped: dict[str, str] = {}
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
         self.phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext()
         """Context around each phase of a step (GRPO: "sample", "reward" per question,
         "replay"); a hook for profilers (benchmarks/memory.py measures peak memory per phase)."""
+
+    def maybe_resume(self, resume: bool) -> None:
         if resume:
             self._resume()
 
@@ -161,10 +160,6 @@ class PolicyTrainer:
     def generator_seed(self) -> int:
         """Seed of this rank's sampling generator."""
         return self.cfg.seed * 1000 + self.rank
-
-    def feature_store(self, frames: FrameStore) -> FeatureStore:
-        """Where the frozen features of the videos are kept between steps."""
-        return FeatureStore(self.policy, frames)
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on :meth:`batch_indices` of ``self.step``; returns its metrics."""
@@ -181,8 +176,8 @@ class PolicyTrainer:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` saved."""
 
-    def write_extra_files(self, policy_dir: Path) -> None:
-        """Files written beside a saved policy (each checkpoint and the final one)."""
+    def write_extra_files(self, model_dir: Path) -> None:
+        """Files written beside a saved model (each checkpoint and the final one)."""
 
     # ------------------------------------------------------------------ data
     def batch_indices(self, step: int) -> list[int]:
@@ -197,29 +192,33 @@ class PolicyTrainer:
             picked.append(int(perm[offset]))
         return picked
 
-    def item_features(self, item: QAItem) -> torch.Tensor | None:
-        """Frozen features (T, P, Dv) of ``item``'s video, or None (skipped and recorded)."""
-        if item.id in self.skipped:
-            return None
-        try:
-            return self.features.get(item)
-        except RefocusError as exc:
-            self.skipped[item.id] = str(exc)
-            return None
-
-    def autocast(self):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
-
     @property
     def unwrapped(self):
-        """The policy without its data-parallel wrapper."""
+        """The model without its data-parallel wrapper."""
         return self.accelerator.unwrap_model(self.model)
+
+    def check_finite(self, loss: torch.Tensor) -> bool:
+        """True for a finite loss. A non-finite one is counted and its step skipped (the
+        gradients are dropped); ``cfg.max_consecutive_nonfinite`` in a row raise
+        :class:`TrainingDiverged`."""
+        if torch.isfinite(loss).all():
+            self.nonfinite_run = 0
+            return True
+        self.nonfinite_total += 1
+        self.nonfinite_run += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite_run >= self.cfg.max_consecutive_nonfinite:
+            raise TrainingDiverged(
+                f"loss was NaN/inf for {self.nonfinite_run} steps in a row (step {self.step}); "
+                f"stopping. {self.diverged_hint}The last good checkpoint is in "
+                + str(self.out_dir / "checkpoints")
+            )
+        return False
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
-        """Run the steps left until ``max_steps``, log, checkpoint and export the policy to
-        ``DIR/policy``; returns the last step's metrics."""
+        """Run the steps left until ``max_steps``, log and checkpoint; returns the last step's
+        metrics."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -239,35 +238,39 @@ class PolicyTrainer:
         return last
 
     def export(self) -> Path:
-        """Write the final policy, its tokenizer and config to ``DIR/policy``."""
-        policy_dir = self.out_dir / "policy"
+        """Write the final model, its tokenizer / processor and config to ``DIR/<export_name>``."""
+        final = self.out_dir / self.export_name
         if self.accelerator.is_main_process:
-            save_policy_dir(self.unwrapped, self.tokenizer, policy_dir, self.cfg)
-            self.write_extra_files(policy_dir)
+            save_policy_dir(self.unwrapped, self.processor, final, self.cfg)
+            self.write_extra_files(final)
         self.accelerator.wait_for_everyone()
         self.metrics.close()
-        return policy_dir
+        return final
 
     # ------------------------------------------------------------------ checkpoints
+    def _process_extra(self) -> dict[str, Any]:
+        return {"nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                **self.extra_state()}
+
     def save(self) -> None:
         """Shared state from the main process, then every process's own (sampling RNG, the
-        subclass's counters, optimiser state or ZeRO shard; ``training/launch.py``) into the
-        staging directory, then the commit."""
+        non-finite counters and the subclass's state, optimiser state or ZeRO shard;
+        ``training/launch.py``) into the staging directory, then the commit."""
         state = {
             "step": self.step,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.generator),
             "skipped": self.skipped,
-            **self.extra_state(),
+            **self._process_extra(),
         }
         staging = staging_dir(self.out_dir, self.step)
         if self.accelerator.is_main_process:
-            stage_checkpoint(self.out_dir, self.step, self.unwrapped, self.tokenizer, state,
+            stage_checkpoint(self.out_dir, self.step, self.unwrapped, self.processor, state,
                              _config_yaml(self.cfg))
             self.write_extra_files(staging)
         self.accelerator.wait_for_everyone()
         launch.save_process_state(self.accelerator, self.model, self.optimizer, staging,
-                                  {"rng": rng_state(self.generator), "extra": self.extra_state()})
+                                  {"rng": rng_state(self.generator), "extra": self._process_extra()})
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             commit_checkpoint(self.out_dir, self.step, keep=self.cfg.save_total_limit)
@@ -291,10 +294,17 @@ class PolicyTrainer:
 
         device = self.accelerator.device  # "cpu:0" under a CPU launch, which safetensors refuses
         weights = load_file(ckpt / "model.safetensors", device="cpu" if device.type == "cpu" else str(device))
-        try:
-            self.unwrapped.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            raise RefocusError(f"{ckpt}: the checkpoint's weights do not fit this policy ({exc})") from None
+        model = self.unwrapped
+        if set(weights) != set(model.state_dict()):
+            # Saved under the class's checkpoint names (transformers renames some models' keys
+            # on save and back on load): let the class read its own checkpoint.
+            loaded, info = type(model).from_pretrained(ckpt, output_loading_info=True)
+            unfit = {k: sorted(info.get(k) or [])[:5] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                     if info.get(k)}
+            if unfit:
+                raise RefocusError(f"{ckpt}: the checkpoint's weights do not fit this model ({unfit})")
+            weights = loaded.state_dict()
+        load_weights_strictly(model, weights, ckpt)
         state = load_trainer_state(ckpt)
         own = launch.load_process_state(self.accelerator, self.model, self.optimizer, ckpt)
         if own is None:  # a checkpoint from before per-process state: rank 0's for everyone
@@ -304,8 +314,83 @@ class PolicyTrainer:
         set_rng_state(own["rng"], self.generator)
         self.step = state["step"]
         self.skipped = dict(state["skipped"])
-        self.load_extra_state({**state, **own["extra"]})
+        extra = {**state, **own["extra"]}
+        self.nonfinite_total = extra.get("nonfinite_total", 0)
+        self.nonfinite_run = extra.get("nonfinite_run", 0)
+        self.load_extra_state(extra)
         self.metrics.truncate_after(self.step)
+
+
+def load_weights_strictly(model, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Load ``weights`` into ``model``; every tensor must fit and every parameter and buffer
+    must be given, except a tied one (``save_pretrained`` writes one name of a set of tied
+    weights, e.g. an LM head tied to the embeddings) whose partner was given."""
+    result = model.load_state_dict(weights, strict=False)
+    by_storage: dict[int, set[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_storage.setdefault(tensor.data_ptr(), set()).add(name)
+    tied = [names for names in by_storage.values() if len(names) > 1]
+    missing = [k for k in result.missing_keys
+               if not any(k in names and names & weights.keys() for names in tied)]
+    if missing or result.unexpected_keys:
+        raise RefocusError(
+            f"{where}: the checkpoint's weights do not fit this model (missing: {missing[:5]}, "
+            f"unexpected: {result.unexpected_keys[:5]})"
+        )
+
+
+class PolicyTrainer(TrainingLoop):
+    """:class:`TrainingLoop` for the frame policy: the accelerate process group, the policy
+    and its optimiser, frames and frozen features; subclasses supply the step.
+
+    items: the training questions. reference: the loaded reference model whose vision tower
+    and tokenizer a new policy uses (may be None with ``cfg.init_policy``). frames: the
+    decoding store.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        items: list[QAItem],
+        reference: Any,
+        out_dir: str | Path,
+        *,
+        frames: FrameStore,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        from refocus.seeding import seed_everything
+
+        self.init_loop(cfg, items, out_dir, launch.make_accelerator(), progress)
+        self.reference = reference
+        seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts at prepare
+        self.policy, self.tokenizer = build_policy(cfg, reference)
+        self.processor = self.tokenizer
+        if cfg.gradient_checkpointing:
+            self.policy.activation_checkpointing_enable()
+        self.optimizer, self.scheduler = make_optimizer(self.policy, cfg)
+        self.model, self.optimizer = launch.prepare(self.accelerator, self.policy, self.optimizer, cfg)
+        self.frames = frames
+        self.features = self.feature_store(frames)
+        self.maybe_resume(resume)
+
+    def feature_store(self, frames: FrameStore) -> FeatureStore:
+        """Where the frozen features of the videos are kept between steps."""
+        return FeatureStore(self.policy, frames)
+
+    def item_features(self, item: QAItem) -> torch.Tensor | None:
+        """Frozen features (T, P, Dv) of ``item``'s video, or None (skipped and recorded)."""
+        if item.id in self.skipped:
+            return None
+        try:
+            return self.features.get(item)
+        except RefocusError as exc:
+            self.skipped[item.id] = str(exc)
+            return None
+
+    def autocast(self):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
 
 def _config_yaml(cfg: TrainerConfig) -> str:

@@ -29,12 +29,8 @@ from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
 from refocus.training import replay as replay_lib
 from refocus.training.config import GRPOConfig
-from refocus.training.core import PolicyTrainer
+from refocus.training.core import PolicyTrainer, TrainingDiverged  # noqa: F401  (raised by check_finite)
 from refocus.video.stores import FeatureStore, FrameStore
-
-
-class TrainingDiverged(RefocusError):
-    """Too many consecutive steps with a non-finite loss."""
 
 
 @dataclass
@@ -63,6 +59,7 @@ class _Batch:
 
 class GRPOTrainer(PolicyTrainer):
     desc = "grpo"
+    diverged_hint = "Check the reference model's logits and lower the learning rate; "
 
     def __init__(
         self,
@@ -73,8 +70,6 @@ class GRPOTrainer(PolicyTrainer):
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        self.nonfinite_total = 0
-        self.nonfinite_run = 0
         self.reference_calls = 0
         frames = FrameStore(cfg.decode.fps, cfg.decode.max_frames, capacity=None, max_gb=cfg.frame_cache_gb,
                             disk_cache=cfg.frame_disk_cache)
@@ -91,12 +86,9 @@ class GRPOTrainer(PolicyTrainer):
         return self.generator
 
     def extra_state(self) -> dict[str, Any]:
-        return {"nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
-                "reference_calls": self.reference_calls}
+        return {"reference_calls": self.reference_calls}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.nonfinite_total = state["nonfinite_total"]
-        self.nonfinite_run = state["nonfinite_run"]
         self.reference_calls = state["reference_calls"]
 
     def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +212,7 @@ class GRPOTrainer(PolicyTrainer):
             stats["select_entropy"] = float(replayed.entropies.mean())
             if replayed.finite:
                 stats["approx_kl"] = grpo_math.approx_kl(replayed.logprobs, old_logp.to(replayed.logprobs.device))
-            if not self._finite(torch.tensor(replayed.loss)):
+            if not self.check_finite(torch.tensor(replayed.loss)):
                 break
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
@@ -263,19 +255,3 @@ class GRPOTrainer(PolicyTrainer):
             "time/update": t3 - t2,
         }
         return metrics
-
-    # ------------------------------------------------------------------ helpers
-    def _finite(self, loss: torch.Tensor) -> bool:
-        if torch.isfinite(loss).all():
-            self.nonfinite_run = 0
-            return True
-        self.nonfinite_total += 1
-        self.nonfinite_run += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite_run >= self.cfg.max_consecutive_nonfinite:
-            raise TrainingDiverged(
-                f"loss was NaN/inf for {self.nonfinite_run} steps in a row (step {self.step}); "
-                "stopping. Check the reference model's logits and lower the learning rate; "
-                "the last good checkpoint is in " + str(self.out_dir / "checkpoints")
-            )
-        return False
