@@ -82,7 +82,8 @@ def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
     while (out / "train_config.yaml").is_file() and not (out / "train_summary.json").is_file():
         time.sleep(20)  # another process of this benchmark (a --seeds split) is training it
     if not (out / "policy" / "config.json").is_file():
-        cfg = load_config(packaged_config("tiny"), max_steps=args.policy_steps, seed=args.seed)
+        # --policy-steps may end before tiny.yaml's later curriculum stages: drop those
+        cfg = load_config(packaged_config("tiny"), seed=args.seed).shortened(args.policy_steps)
         train_policy(train_qa, ref, out, cfg, progress=True)
     return out / "policy"
 

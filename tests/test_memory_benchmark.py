@@ -144,3 +144,13 @@ def test_recurrent_states_own_their_storage():
     _, state = run_prefix(policy, feats[0][None], ids[0][None], segment_frames=6)
     for tensor in state.conv + state.ssm:
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_measure_runs_one_real_training_step_per_phase(memory, tmp_path, monkeypatch):
+    """The benchmark's own measurement path (the trainer it drives must keep accepting its
+    config) at a toy size: every phase is measured and the replay peak is positive."""
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
+    c = dict(memory.BASE, B=1, G=2, T=16, K=2, s=8, L=2)
+    peaks = memory.measure(c, tmp_path, threads=1)
+    assert set(peaks) >= {"sample", "reward", "replay"}
+    assert all(v > 0 for v in peaks.values())
