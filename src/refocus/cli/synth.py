@@ -6,6 +6,7 @@ import argparse
 import time
 
 from refocus.cli._common import parse_int_pair, summary
+from refocus.data.synth.common import SynthConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MIN,MAX video length in frames at --fps, drawn uniformly per video (default 64,256)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
-    parser.add_argument("--fps", type=float, default=4.0, help="frame rate (default 4)")
+    parser.add_argument("--size", type=int, default=SynthConfig.size,
+                        help=f"frame side in pixels (default {SynthConfig.size})")
+    parser.add_argument("--fps", type=float, default=SynthConfig.fps,
+                        help=f"frame rate of the written videos (default {SynthConfig.fps:g})")
     parser.set_defaults(func=run)
 
 

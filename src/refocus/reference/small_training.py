@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import LETTERS, QAItem
-from refocus.data.synth.common import COLORS, SHAPES
+from refocus.data.synth.common import COLORS, SHAPES, SynthConfig
 from refocus.io import write_json
 from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
@@ -117,7 +117,7 @@ def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] 
         events = [((meta["color"], meta["shape"]), meta["needle_frames"])]
     else:
         return []
-    fps = float(meta.get("fps", 4.0))
+    fps = float(meta.get("fps", SynthConfig.fps))
     source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
     out: list[tuple[str, str] | None] = [None] * len(source)
     for obj, (first, last) in events:

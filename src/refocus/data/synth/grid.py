@@ -66,9 +66,9 @@ class GridSpec:
     per_cell: int = 2
     """Videos (questions) per (length, position) cell."""
     seed: int = 0
-    fps: float = 4.0
+    fps: float = SynthConfig.fps
     """Frame rate of the written videos; decode at this rate to get exactly ``length`` frames."""
-    size: int = 96
+    size: int = SynthConfig.size
     """Frame side in pixels, as ``refocus synth`` writes."""
 
     def __post_init__(self) -> None:
@@ -160,8 +160,8 @@ def write_niah_grid(
     positions: int | Sequence[float] = DEFAULT_POSITIONS,
     per_cell: int = 2,
     seed: int = 0,
-    fps: float = 4.0,
-    size: int = 96,
+    fps: float = SynthConfig.fps,
+    size: int = SynthConfig.size,
     *,
     reuse: bool = True,
     progress: bool = False,
