@@ -304,7 +304,10 @@ class TrainingLoop:
             if unfit:
                 raise RefocusError(f"{ckpt}: the checkpoint's weights do not fit this model ({unfit})")
             weights = loaded.state_dict()
-        load_weights_strictly(model, weights, ckpt)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise RefocusError(f"{ckpt}: the checkpoint's weights do not fit this model ({exc})") from None
         state = load_trainer_state(ckpt)
         own = launch.load_process_state(self.accelerator, self.model, self.optimizer, ckpt)
         if own is None:  # a checkpoint from before per-process state: rank 0's for everyone
@@ -319,24 +322,6 @@ class TrainingLoop:
         self.nonfinite_run = extra.get("nonfinite_run", 0)
         self.load_extra_state(extra)
         self.metrics.truncate_after(self.step)
-
-
-def load_weights_strictly(model, weights: dict[str, torch.Tensor], where: Path) -> None:
-    """Load ``weights`` into ``model``; every tensor must fit and every parameter and buffer
-    must be given, except a tied one (``save_pretrained`` writes one name of a set of tied
-    weights, e.g. an LM head tied to the embeddings) whose partner was given."""
-    result = model.load_state_dict(weights, strict=False)
-    by_storage: dict[int, set[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        by_storage.setdefault(tensor.data_ptr(), set()).add(name)
-    tied = [names for names in by_storage.values() if len(names) > 1]
-    missing = [k for k in result.missing_keys
-               if not any(k in names and names & weights.keys() for names in tied)]
-    if missing or result.unexpected_keys:
-        raise RefocusError(
-            f"{where}: the checkpoint's weights do not fit this model (missing: {missing[:5]}, "
-            f"unexpected: {result.unexpected_keys[:5]})"
-        )
 
 
 class PolicyTrainer(TrainingLoop):

@@ -29,7 +29,7 @@ from refocus.reference.reward import margin_rewards
 from refocus.training import grpo_math
 from refocus.training import replay as replay_lib
 from refocus.training.config import GRPOConfig
-from refocus.training.core import PolicyTrainer, TrainingDiverged  # noqa: F401  (raised by check_finite)
+from refocus.training.core import PolicyTrainer, TrainingDiverged  # noqa: F401  (re-exported from its old home)
 from refocus.video.stores import FeatureStore, FrameStore
 
 

@@ -72,6 +72,14 @@ class RefocusFrames:
 
     # ---------------------------------------------------------------- set-up
 
+    @staticmethod
+    def check_refocus_args(refocus: dict[str, Any]) -> None:
+        """Reject model arguments that neither the wrapped class nor refocus takes (checked
+        before the answerer is loaded, so a misspelled argument fails at once)."""
+        unknown = set(refocus) - set(REFOCUS_ARGS)
+        if unknown:
+            raise TypeError(f"unexpected model arguments: {', '.join(sorted(unknown))}")
+
     def setup_frames(self, *, frame_size: int | None, policy: str | None = None, budget: int | None = None,
                      selection: str | None = None, mode: str | None = None, seed: int = 0,
                      fps: float = DecodeConfig.fps, max_frames: int = DecodeConfig.max_frames,
@@ -220,9 +228,7 @@ class RefocusQwen2_5_VL(RefocusFrames, Qwen2_5_VL):
                  attn_implementation: str | None = None, min_pixels: int = 256 * 28 * 28,
                  max_pixels: int = 1605632, system_prompt: str | None = "You are a helpful assistant.",
                  dtype: str = "bfloat16", frame_size: int | None = None, **refocus: Any) -> None:
-        unknown = set(refocus) - set(REFOCUS_ARGS)
-        if unknown:
-            raise TypeError(f"unexpected model arguments: {', '.join(sorted(unknown))}")
+        self.check_refocus_args(refocus)
         self.load_answerer(pretrained, "Qwen2_5_VLForConditionalGeneration", device=device,
                            device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
                            batch_size=batch_size,
@@ -246,9 +252,7 @@ class RefocusInternVLHf(RefocusFrames, InternVLHf):
                  device_map: str | None = "auto", batch_size: int | str = 1, min_patches: int = 1,
                  max_patches: int = 1, attn_implementation: str | None = None, use_cache: bool = True,
                  dtype: str = "bfloat16", frame_size: int | None = None, **refocus: Any) -> None:
-        unknown = set(refocus) - set(REFOCUS_ARGS)
-        if unknown:
-            raise TypeError(f"unexpected model arguments: {', '.join(sorted(unknown))}")
+        self.check_refocus_args(refocus)
         self.load_answerer(pretrained, "InternVLForConditionalGeneration", device=device,
                            device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
                            batch_size=batch_size)
@@ -273,9 +277,7 @@ class RefocusLlavaHf(RefocusFrames, LlavaHf):
                  device_map: str | None = "auto", batch_size: int | str = 1,
                  attn_implementation: str | None = None, use_cache: bool = True, dtype: str = "bfloat16",
                  frame_size: int | None = None, **refocus: Any) -> None:
-        unknown = set(refocus) - set(REFOCUS_ARGS)
-        if unknown:
-            raise TypeError(f"unexpected model arguments: {', '.join(sorted(unknown))}")
+        self.check_refocus_args(refocus)
         self.load_answerer(pretrained, "AutoModelForImageTextToText", device=device, device_map=device_map,
                            dtype=dtype, attn_implementation=attn_implementation, batch_size=batch_size)
         self._image_processor = self.processor  # the name lmms-eval's LlavaHf reads
