@@ -476,7 +476,8 @@ def test_policy_reuses_the_small_reference_models_vision_tower():
     with torch.no_grad():
         tokens = reference.model.vision_tower(pixel_values=pixels).last_hidden_state
     feats = policy.encode_frames(frames)
-    assert torch.allclose(feats, pool_frame_tokens(tokens, P), atol=1e-6)
+    # relative: an untrained tower in eval mode gives features in the hundreds
+    torch.testing.assert_close(feats, pool_frame_tokens(tokens, P), rtol=1e-5, atol=1e-6 * tokens.abs().max().item())
     item = SimpleNamespace(question="where is the red ball?", options=("left", "right"))
     out = policy.select([feats], [tokenize_question(tokenizer, item)], k=3, num_candidates=2)
     assert out.indices.shape == (1, 2, 3)

@@ -21,7 +21,9 @@ from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,
     compose_option_embeddings,
+    _pseudo_forward,
     frame_objects,
+    option_evidence_targets,
     pixel_values_from_frames,
     sample_subset,
     shuffle_options,
@@ -118,6 +120,41 @@ def test_option_line_embeddings_start_as_the_sum_of_their_parts(qa):
     word = items[0].options[0]
     torch.testing.assert_close(table[vocab[f"C. {word}"]], table[vocab["C"]] + table[vocab[word]])
     assert not torch.allclose(table[vocab[f"C. {word}"]], table[vocab[f"D. {word}"]])
+
+
+def test_option_evidence_targets_name_the_other_attribute_of_the_shown_objects():
+    words = ["clutter", "red", "blue", "green", "star", "circle", "square"]
+    shown = [("red", "star"), None, ("red", "circle"), ("blue", "square"), ("red", "star")]
+    targets = option_evidence_targets(("red", "green", "square", "they appeared equally often"), shown, words)
+    assert set(targets) == {0, 1, 2}  # an option that is not one attribute word gets no target
+    # "red": two red-star frames and one red circle -> 2/3 star, 1/3 circle
+    np.testing.assert_allclose(targets[0], [0, 0, 0, 0, 2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(targets[1], [1, 0, 0, 0, 0, 0, 0])  # no green object shown
+    np.testing.assert_allclose(targets[2], [0, 0, 1, 0, 0, 0, 0])  # the square is blue
+
+
+def test_word_frames_are_the_sum_of_their_words_in_every_slot(qa):
+    """Stage 1 feeds a frame as E(colour) + E(shape) ("clutter" alone) in each visual-token slot."""
+    items = load_questions(qa)
+    tokenizer = train_tokenizer([it.question for it in items], [it.options for it in items])
+    cfg = SmallReferenceConfig(image_size=64, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
+                               text_hidden=32, text_layers=1, text_heads=2)  # 2 x 2 tokens per frame
+    model, processor = build_small_reference(tokenizer, cfg)
+    prompts = _PromptCache(processor, cfg.tokens_per_image)
+    words = ["clutter", "red", "star"]
+    word_ids = dict(zip(words, tokenizer.convert_tokens_to_ids(words), strict=True))
+    captured = {}
+    model.model.language_model.register_forward_pre_hook(
+        lambda _m, args, kwargs: captured.update(kwargs), with_kwargs=True)
+    _pseudo_forward(model, prompts, word_ids, [(items[0], [("red", "star"), None])], cfg.tokens_per_image)
+    embeds, table = captured["inputs_embeds"][0], model.get_input_embeddings().weight
+    ids = prompts.encode(items[0], 2)[0]
+    slots = [i for i, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids("<image>")]
+    assert len(slots) == 2 * cfg.tokens_per_image == 8
+    for i in slots[:4]:
+        torch.testing.assert_close(embeds[i], table[word_ids["red"]] + table[word_ids["star"]])
+    for i in slots[4:]:
+        torch.testing.assert_close(embeds[i], table[word_ids["clutter"]])
 
 
 def test_frozen_joint_stage_leaves_the_vision_tower_untouched(tmp_path, qa):

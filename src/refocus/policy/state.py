@@ -92,6 +92,13 @@ class StateCache:
     def is_recording_past(self, layer_idx: int) -> bool:
         return True
 
+    def get_recurrent_states_to_keep(self, layer_idx: int | None = None) -> int:
+        """Intermediate per-token states to keep (transformers >= 5.2x asks): none, only the last."""
+        return 0
+
+    def increase_count(self, layer_idx: int, state_idx: int = 0) -> None:
+        """Token counting of transformers' own caches; this cache keeps no count."""
+
     def update_conv_state(self, new: torch.Tensor, layer_idx: int, **kwargs) -> torch.Tensor:
         prev = self.conv_in[layer_idx]
         full = new if prev is None else torch.cat([prev.to(new.dtype), new], dim=-1)

@@ -44,13 +44,16 @@ class SmallReferenceConfig:
     image_size: int = 64
     """Frame side in pixels the vision tower sees (frames are decoded at this size); a
     multiple of ``patch_size``."""
-    vision_hidden_sizes: tuple[int, ...] = (64, 128)
+    vision_hidden_sizes: tuple[int, ...] = (64, 128, 128)
     """Width of each LeViT stage. A four-conv stem cuts the frame into 16 px cells, and every
-    stage after the first halves the grid: at 64 px, 4 x 4 cells, then 2 x 2 = 4 visual tokens
-    per frame (short prompts learn fast). The conv stem is why LeViT and not a plain ViT: trained
-    from scratch, it tells the shapes apart far sooner (benchmarks/RESULTS.md)."""
-    vision_depths: tuple[int, ...] = (2, 2)
-    vision_heads: tuple[int, ...] = (4, 4)
+    stage after the first halves the grid: at 64 px, 4 x 4 cells, then 2 x 2, then one visual
+    token per frame. One token that says the whole object (colour and shape together) is what
+    lets the language model bind the two in one attention hop; with four tokens per frame stage 1
+    learns `query` slower and less well (benchmarks/RESULTS.md, "Issue 19, the option-evidence
+    target"). The conv stem is why LeViT and not a plain ViT: trained from scratch, it tells the
+    shapes apart far sooner (benchmarks/RESULTS.md)."""
+    vision_depths: tuple[int, ...] = (2, 2, 2)
+    vision_heads: tuple[int, ...] = (4, 4, 4)
     vision_key_dim: int = 16
     text_hidden: int = 128
     text_layers: int = 3

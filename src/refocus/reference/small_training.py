@@ -82,6 +82,14 @@ class SmallReferenceTrainConfig:
     last token, predict that option's letter; at the answer position, predict the correct
     option's text (single-token options, subsets with evidence). Without them a model trained
     from scratch sits at chance for thousands of steps before it links what it sees to a letter."""
+    option_evidence_weight: float = 1.0
+    """Weight of the option-evidence target: at each option that is one attribute word (a colour
+    or a shape), predict what the shown frames say about it, the other attribute of the shown
+    objects that carry it ("B. red" -> "star" when a red star is shown), or "clutter" when no
+    shown object does. It is the first hop of `query`'s conditional read-out (find the object
+    the question names, name its other attribute, pick that option), which no other loss
+    supervises: without it stage 1 stays at chance on `query` (benchmarks/RESULTS.md, "Issue 19,
+    the option-evidence target"). It needs to know each frame's object (synthetic items); 0 = off."""
     val_fraction: float = 0.1
     """Share of questions held out (by a hash of the id) to measure accuracy."""
     val_subsets: int = 4
@@ -274,20 +282,70 @@ def _aux_losses(model, hidden, option_pos, items, kinds, letter_ids, answer_voca
     return read + name
 
 
+def option_evidence_targets(options: tuple[str, ...], shown: list[tuple[str, str] | None],
+                            words: list[str]) -> dict[int, np.ndarray]:
+    """What the shown frames say about each one-attribute option: {option index: distribution
+    over ``words``}.
+
+    An option that is a colour gets the shapes of the shown objects of that colour (one count per
+    shown frame), a shape the colours of the shown objects of that shape; "clutter" (which must
+    be in ``words``) when no shown object carries it. Options of any other text get no target.
+    """
+    index = {w: i for i, w in enumerate(words)}
+    out: dict[int, np.ndarray] = {}
+    for j, text in enumerate(options):
+        if text in COLORS:
+            other = [o[1] for o in shown if o is not None and o[0] == text]
+        elif text in SHAPES:
+            other = [o[0] for o in shown if o is not None and o[1] == text]
+        else:
+            continue
+        target = np.zeros(len(words))
+        for w in other or ["clutter"]:
+            target[index[w]] += 1
+        out[j] = target / target.sum()
+    return out
+
+
+def _option_evidence_loss(model, hidden, option_pos, items, shown, word_ids: dict[str, int]) -> torch.Tensor | None:
+    """Cross-entropy of the option tokens' read-out against :func:`option_evidence_targets`."""
+    words = list(word_ids)
+    rows, cols, targets = [], [], []
+    for i, (item, objs) in enumerate(zip(items, shown, strict=True)):
+        if not objs:
+            continue
+        for j, target in option_evidence_targets(item.options, objs, words).items():
+            rows.append(i)
+            cols.append(option_pos[i][j])
+            targets.append(target)
+    if not rows:
+        return None
+    logits = model.lm_head(hidden[rows, cols]).float()[:, torch.tensor(list(word_ids.values()))]
+    return F.cross_entropy(logits, torch.from_numpy(np.stack(targets)).float())
+
+
 def _frame_words(obj: tuple[str, str] | None) -> list[str]:
     """The words a frame stands for in stage 1: its object's colour and shape, or "clutter"."""
     return ["clutter"] if obj is None else [obj[0], obj[1]]
 
 
-def _frame_word_ids(word_ids: dict[str, int], words: list[str], tokens: int) -> list[int]:
-    """Token ids of ``words`` repeated over a frame's ``tokens`` visual-token slots."""
-    ids = [word_ids[w] for w in words]
-    return (ids * tokens)[:tokens]
+def _frame_word_pair(word_ids: dict[str, int], words: list[str]) -> tuple[int, int]:
+    """The ids of a frame's one or two words, the second -1 when there is one ("clutter")."""
+    return word_ids[words[0]], word_ids[words[1]] if len(words) > 1 else -1
 
 
 def _word_frame_embeddings(model, word_ids: dict[str, int], words: list[str], tokens: int) -> torch.Tensor:
-    """(P, D): the embeddings of ``words`` repeated over a frame's P visual-token slots."""
-    return model.get_input_embeddings()(torch.tensor(_frame_word_ids(word_ids, words, tokens)))
+    """(P, D): the sum of the embeddings of ``words`` (colour + shape, or "clutter") in each of a
+    frame's P visual-token slots. A sum, not one word per slot: one token then says the whole
+    object, which is what lets stage 1 bind the colour to the shape in one attention hop."""
+    first, second = _frame_word_pair(word_ids, words)
+    return _pair_embeddings(model, torch.tensor([first]), torch.tensor([second])).expand(tokens, -1)
+
+
+def _pair_embeddings(model, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """E[first] + E[second] where ``second`` >= 0, else E[first]; shapes (N,) -> (N, D)."""
+    embed = model.get_input_embeddings()
+    return embed(first) + embed(second.clamp(min=0)) * (second >= 0).unsqueeze(-1).to(embed.weight.dtype)
 
 
 @torch.no_grad()
@@ -322,9 +380,8 @@ def _describable(item: QAItem, video: _Video) -> bool:
 def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
-    ``batch``: (item, the objects of its K chosen frames). The image placeholders are replaced
-    by the ids of the words each frame stands for, so the language model embeds them itself:
-    one embedding lookup for the whole batch.
+    ``batch``: (item, the objects of its K chosen frames). Each image slot holds the summed
+    embeddings of its frame's words (:func:`_word_frame_embeddings`).
     """
     encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
@@ -332,16 +389,18 @@ def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     image_id = tok.convert_tokens_to_ids("<image>")
     input_ids = torch.full((len(batch), L), tok.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(batch), L), dtype=torch.long)
-    option_pos = []
+    option_pos, pairs = [], []
     for i, ((_, objs), (ids, ends)) in enumerate(zip(batch, encoded, strict=True)):
         off = L - len(ids)
-        frames = [_frame_word_ids(word_ids, _frame_words(o), tokens) for o in objs]
-        row = torch.tensor(ids)
-        row[row == image_id] = torch.tensor([t for f in frames for t in f])
-        input_ids[i, off:] = row
+        input_ids[i, off:] = torch.tensor(ids)
         attention[i, off:] = 1
         option_pos.append([off + e for e in ends])
-    hidden = model.model.language_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        pairs += [_frame_word_pair(word_ids, _frame_words(o)) for o in objs for _ in range(tokens)]
+    embeds = model.get_input_embeddings()(input_ids)
+    slots = input_ids == image_id  # row-major order: frame by frame, slot by slot, as ``pairs``
+    pair = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    embeds[slots] = _pair_embeddings(model, pair[:, 0], pair[:, 1])
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
     return hidden, option_pos
 
 
@@ -448,13 +507,18 @@ class _StageSteps:
         items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
         return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
 
-    def answer_loss(self, hidden, option_pos, items_, kinds_) -> tuple[torch.Tensor, float]:
+    def answer_loss(self, hidden, option_pos, items_, kinds_, shown) -> tuple[torch.Tensor, float]:
+        """shown: per example, the object of each shown frame (``[]`` where unknown)."""
         logits = _masked_option_logits(self.model.lm_head(hidden[:, -1]).float()[:, self.letter_ids], items_)
         target = torch.tensor([it.answer_index for it in items_])
         loss = F.cross_entropy(logits, target)
         if self.cfg.aux_weight:
             loss = loss + self.cfg.aux_weight * _aux_losses(self.model, hidden, option_pos, items_, kinds_,
                                                            self.letter_ids, self.answer_vocab)
+        if self.cfg.option_evidence_weight:
+            evidence = _option_evidence_loss(self.model, hidden, option_pos, items_, shown, self.word_ids)
+            if evidence is not None:
+                loss = loss + self.cfg.option_evidence_weight * evidence
         return loss, (logits.argmax(-1) == target).float().mean().item()
 
     def align_step(self) -> tuple[torch.Tensor, float]:
@@ -465,7 +529,7 @@ class _StageSteps:
             v = self.videos[str(it.video)]
             batch.append((it, [v.objects[i] for i in sample_subset(self.rng, v, k, kind)]))
         hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
-        return self.answer_loss(hidden, option_pos, items_, kinds_)
+        return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch])
 
     def vision_step(self) -> tuple[torch.Tensor, float]:
         """Stage 2: the vision tower and projector learn to say those words from pixels."""
@@ -497,12 +561,14 @@ class _StageSteps:
     def joint_step(self) -> tuple[torch.Tensor, float]:
         """Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision)."""
         k, items_, kinds_ = self.draw_batch(self.train_items)
-        batch = []
+        batch, shown = [], []
         for it, kind in zip(items_, kinds_, strict=True):
             v = self.videos[str(it.video)]
-            batch.append((it, v.frames[sample_subset(self.rng, v, k, kind)]))
+            chosen = sample_subset(self.rng, v, k, kind)
+            batch.append((it, v.frames[chosen]))
+            shown.append([v.objects[i] for i in chosen] if v.objects else [])
         hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
-        return self.answer_loss(hidden, option_pos, items_, kinds_)
+        return self.answer_loss(hidden, option_pos, items_, kinds_, shown)
 
 
 def _run_stage(model, stage: Stage, cfg: SmallReferenceTrainConfig, history: list[dict], progress: bool) -> None:
