@@ -13,6 +13,7 @@ import torch
 
 from refocus.policy import (
     PAPER_PROMPT,
+    QUESTION_FIRST_PROMPT,
     FramePolicy,
     FramePolicyConfig,
     policy_prompt,
@@ -117,6 +118,13 @@ def test_the_policy_reads_the_b62_prompt_through_its_tokenizer():
     assert torch.allclose(embeds[0, l0 : l0 + 12], policy.projector(feats).reshape(12, 32))
     with pytest.raises(Exception, match="frames"):
         FramePolicyConfig(prompt_template="{question} only")
+    # the question may also come before the frames, but the selection must start after it
+    first = policy_prompt(SimpleNamespace(prompt_template=QUESTION_FIRST_PROMPT, question_blind=False), _Chars(), item)
+    text = [ord(c) % 64 for c in "Where is the ball?\nA. left\nB. right"]
+    assert first.before.tolist() == text and first.after.tolist() == text
+    FramePolicyConfig(prompt_template=QUESTION_FIRST_PROMPT)
+    with pytest.raises(Exception, match="after"):
+        FramePolicyConfig(prompt_template="{question}{frames}")
 
 
 # ------------------------------------------------------------------ weight decay

@@ -20,8 +20,8 @@ from refocus.reference.small_model import (
 from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,
-    compose_option_embeddings,
     _pseudo_forward,
+    compose_option_embeddings,
     frame_objects,
     option_evidence_targets,
     pixel_values_from_frames,

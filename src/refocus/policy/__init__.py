@@ -18,7 +18,12 @@ Typical use::
 
 from transformers import AutoConfig, AutoModel
 
-from refocus.policy.configuration import PAPER_PROMPT, FramePolicyConfig, check_policy_keys
+from refocus.policy.configuration import (
+    PAPER_PROMPT,
+    QUESTION_FIRST_PROMPT,
+    FramePolicyConfig,
+    check_policy_keys,
+)
 from refocus.policy.modeling import FramePolicy, PolicyReplayOutput
 from refocus.policy.processing import (
     BLIND_QUESTION,
@@ -41,6 +46,7 @@ except ValueError:  # already registered (module reloaded)
 __all__ = [
     "BLIND_QUESTION",
     "PAPER_PROMPT",
+    "QUESTION_FIRST_PROMPT",
     "FramePolicy",
     "FramePolicyConfig",
     "PolicyReplayOutput",

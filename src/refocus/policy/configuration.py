@@ -26,6 +26,9 @@ PAPER_PROMPT = (
 )
 # The bare question after the frames (what this project's policies read before the prompt).
 BARE_PROMPT = "{frames}{question}"
+# The question before the frames as well (this project's option, not the paper's): the backbone
+# reads each frame knowing what is asked, so a frame's key can say whether it matches.
+QUESTION_FIRST_PROMPT = "{question}{frames}{question}"
 
 # Keys of a training config's ``policy:`` section that say where the parts come from; they are
 # not FramePolicyConfig fields (see refocus.policy.build).
@@ -203,8 +206,10 @@ class FramePolicyConfig(PreTrainedConfig):
     it is trained and saved with the embeddings."""
     prompt_template: str = PAPER_PROMPT
     """The policy's prompt (Appendix B.6.2), tokenised by the policy's own tokenizer:
-    ``{frames}`` marks the frame tokens, ``{question}`` the question with its option lines.
-    ``"{frames}{question}"`` is the bare question after the frames."""
+    ``{frames}`` marks the frame tokens, ``{question}`` the question with its option lines
+    (after the frames, and optionally before them too). ``"{frames}{question}"`` is the bare
+    question after the frames; ``"{question}{frames}{question}"`` (``QUESTION_FIRST_PROMPT``)
+    also puts it before them, so each frame's key can depend on the question."""
 
     def __post_init__(self, **kwargs):
         given = self.vision_config
@@ -241,8 +246,9 @@ class FramePolicyConfig(PreTrainedConfig):
             raise ConfigError(f"image_size={self.image_size} must be a positive multiple of {multiple}")
         if "{frames}" not in self.prompt_template or "{question}" not in self.prompt_template:
             raise ConfigError("prompt_template needs both {frames} and {question}")
-        if self.prompt_template.index("{frames}") > self.prompt_template.index("{question}"):
-            raise ConfigError("prompt_template: {frames} must come before {question}")
+        if "{question}" not in self.prompt_template.split("{frames}", 1)[1]:
+            # the selection starts from the state after the prompt, which must have read the question
+            raise ConfigError("prompt_template: {question} must come after {frames} (it may also come before)")
         if self.token_pool_stride is not None and (self.token_pool_stride < 1 or self.tokens_per_frame):
             raise ConfigError("token_pool_stride must be >= 1, and not set together with tokens_per_frame")
         if self.token_pool_mode not in TOKEN_POOL_MODES:

@@ -55,9 +55,11 @@ def split_prompt(template: str, question_text: str) -> tuple[str, str]:
 
     >>> split_prompt("<s>{frames}-{question}</s>", "Q?")
     ('<s>', '-Q?</s>')
+    >>> split_prompt("{question}{frames}{question}", "Q?")
+    ('Q?', 'Q?')
     """
     before, after = template.split("{frames}", 1)
-    return before, after.replace("{question}", question_text, 1)
+    return before.replace("{question}", question_text), after.replace("{question}", question_text)
 
 
 def tokenize_question(

@@ -39,8 +39,14 @@ def image_only(cls: type) -> type:
         kwargs.setdefault("video_processor", None)
         return super(sub, klass).from_args_and_dict(args, processor_dict, **kwargs)
 
+    # transformers >= 5.2x loads through from_dict instead (from_args_and_dict is deprecated).
+    def from_dict(klass: type, processor_dict: dict, **kwargs: Any) -> Any:
+        kwargs.setdefault("video_processor", None)
+        return super(sub, klass).from_dict(processor_dict, **kwargs)
+
     namespace = {
         "from_args_and_dict": classmethod(from_args_and_dict),
+        "from_dict": classmethod(from_dict),
         "get_attributes": classmethod(get_attributes),
         "video_processor": None,
         "__module__": cls.__module__,
