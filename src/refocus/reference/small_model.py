@@ -49,7 +49,7 @@ class SmallReferenceConfig:
     stage after the first halves the grid: at 64 px, 4 x 4 cells, then 2 x 2, then one visual
     token per frame. One token that says the whole object (colour and shape together) is what
     lets the language model bind the two in one attention hop; with four tokens per frame stage 1
-    learns `query` slower and less well (benchmarks/RESULTS.md, "Issue 19, the option-evidence
+    learns `query` slower and less well (benchmarks/RESULTS.md, "Issue 19: the option-evidence
     target"). The conv stem is why LeViT and not a plain ViT: trained from scratch, it tells the
     shapes apart far sooner (benchmarks/RESULTS.md)."""
     vision_depths: tuple[int, ...] = (2, 2, 2)

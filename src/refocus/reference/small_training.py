@@ -88,7 +88,7 @@ class SmallReferenceTrainConfig:
     objects that carry it ("B. red" -> "star" when a red star is shown), or "clutter" when no
     shown object does. It is the first hop of `query`'s conditional read-out (find the object
     the question names, name its other attribute, pick that option), which no other loss
-    supervises: without it stage 1 stays at chance on `query` (benchmarks/RESULTS.md, "Issue 19,
+    supervises: without it stage 1 stays at chance on `query` (benchmarks/RESULTS.md, "Issue 19:
     the option-evidence target"). It needs to know each frame's object (synthetic items); 0 = off."""
     val_fraction: float = 0.1
     """Share of questions held out (by a hash of the id) to measure accuracy."""
