@@ -28,16 +28,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaModel
 
-COLORS = ["red", "green", "blue", "yellow", "magenta", "cyan"]
-SHAPES = ["circle", "square", "triangle", "star", "cross"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from refocus.data.synth.common import COLORS as PALETTE  # noqa: E402
+from refocus.data.synth.common import SHAPES as SHAPE_NAMES  # noqa: E402
+from refocus.reference.small_training import option_evidence_targets  # noqa: E402
+
+COLORS = list(PALETTE)
+SHAPES = list(SHAPE_NAMES)
 LETTERS = "ABCD"
 ATTRIBUTES = COLORS + SHAPES
 # Targets of the attribute read-outs: any attribute value, or "nothing relevant was shown".
@@ -260,22 +268,15 @@ def readout(hidden: torch.Tensor, model: LlamaModel, token_ids: torch.Tensor) ->
 
 
 def option_evidence_loss(hidden: torch.Tensor, batch: Batch, model: LlamaModel) -> torch.Tensor:
-    """``opt``: at each option token, the named attribute of the shown objects that carry the
-    option's value (a distribution if several), or clutter if none is shown."""
+    """``opt``: at each option token, the small reference's option-evidence target
+    (:func:`refocus.reference.small_training.option_evidence_targets`): the other attribute of
+    the shown objects that carry the option's value (a distribution if several), or clutter."""
     rows, cols, targets = [], [], []
     for i, ex in enumerate(batch.examples):
-        asked, named = (0, 1) if ex.ask_colour else (1, 0)
-        for j, option in enumerate(ex.options):
-            carriers = [f for f in ex.frames if f is not None and f[asked] == option]
-            target = torch.zeros(len(ATTRIBUTE_IDS))
-            if carriers:
-                for frame in carriers:
-                    target[ATTRIBUTES.index(frame[named])] += 1
-            else:
-                target[-1] = 1
+        for j, target in option_evidence_targets(tuple(ex.options), ex.frames, ATTRIBUTE_TARGETS).items():
             rows.append(i)
             cols.append(batch.option_pos[i][j])
-            targets.append(target / target.sum())
+            targets.append(torch.from_numpy(target).float())
     logits = readout(hidden[rows, cols], model, ATTRIBUTE_IDS)
     return F.cross_entropy(logits, torch.stack(targets))
 
