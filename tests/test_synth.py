@@ -299,3 +299,37 @@ def test_writer_makes_no_b_frames_and_the_same_bytes_twice(tmp_path):
     if pick_codec() == "libx264":
         used = bytes(packets[0]).split(b" options: ")[1].split(b"\x00")[0].decode().split()
         assert {"bframes=0", "threads=1"} <= set(used)
+
+
+def test_policy_readout_extra_questions_name_a_unique_object_and_point_at_its_frames():
+    """benchmarks/policy_readout.py's --questions-per-video: every extra question names an
+    attribute value held by exactly one object of the video, its answer is that object's other
+    attribute, its distractors are carried by other objects, and its evidence is that
+    object's frames."""
+    import importlib.util
+
+    from refocus.data.synth import _item
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "policy_readout.py"
+    spec = importlib.util.spec_from_file_location("policy_readout", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    total = 0
+    for index in range(12):
+        sample = plan_video("query", 3, index, (64, 128), SynthConfig())
+        item = _item("query", index, Path(f"query_{index:05d}.mp4"), sample, 4.0)
+        questions = module.expand_questions(item, 4, rng)
+        assert 1 <= len(questions) <= 4
+        assert len({q.id for q in questions}) == len(questions)
+        events = item.meta["events"]
+        for q in questions:
+            named, asked = q.meta["named"], q.meta["asked"]
+            (obj,) = [e for e in events if e[named] == q.meta[named]]  # unique in the video
+            assert q.options[q.answer_index] == obj[asked]
+            assert obj[asked] in q.question or obj[named] in q.question
+            assert all(any(e[asked] == o for e in events if e is not obj) for o in q.options if o != obj[asked])
+            first, last = obj["frames"]
+            assert q.evidence == ((first / 4.0, (last + 1) / 4.0),)
+        total += len(questions)
+    assert total > 12  # more than one question per video on average
