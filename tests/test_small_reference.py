@@ -21,9 +21,11 @@ from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     _PromptCache,
     _pseudo_forward,
+    add_distractor,
     compose_option_embeddings,
     frame_objects,
     option_evidence_targets,
+    option_object_frames,
     pixel_values_from_frames,
     sample_subset,
     shuffle_options,
@@ -131,6 +133,32 @@ def test_option_evidence_targets_name_the_other_attribute_of_the_shown_objects()
     np.testing.assert_allclose(targets[0], [0, 0, 0, 0, 2 / 3, 1 / 3, 0])
     np.testing.assert_allclose(targets[1], [1, 0, 0, 0, 0, 0, 0])  # no green object shown
     np.testing.assert_allclose(targets[2], [0, 0, 1, 0, 0, 0, 0])  # the square is blue
+
+
+def test_option_object_frames_and_add_distractor():
+    """An option object is another object whose asked attribute is a wrong option; the
+    distractor replaces one non-evidence frame of a subset by one of its frames."""
+    from refocus.data.questions import QAItem
+
+    item = QAItem(id="q", video="v.mp4", question="What colour is the star?",
+                  options=("red", "blue", "green", "cyan"), answer="A", evidence=((0.0, 0.5),),
+                  meta={"asked": "color", "named": "shape", "color": "red", "shape": "star"})
+    objects = [("red", "star"), ("red", "star"), None, ("blue", "circle"), ("yellow", "cross"),
+               ("green", "star"), None, ("blue", "circle")]
+    np.testing.assert_array_equal(option_object_frames(item, objects), [3, 5, 7])
+    assert len(option_object_frames(item, [])) == 0  # objects unknown
+    niah_like = QAItem(id="n", video="v.mp4", question="?", options=("a", "b"), answer="A",
+                       evidence=((0.0, 0.5),), meta={"color": "red", "shape": "star"})
+    assert len(option_object_frames(niah_like, objects)) == 0  # not a query item
+
+    evidence = np.array([True, True] + [False] * 6)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = add_distractor(rng, [0, 2, 4, 6], evidence, np.array([3, 5, 7]))
+        assert len(out) == 4 and 0 in out and out == sorted(out)  # the evidence frame stays
+        assert len(set(out) & {3, 5, 7}) == 1 and len(set(out) & {2, 4, 6}) == 2
+    assert add_distractor(rng, [0, 3, 4, 6], evidence, np.array([3, 5, 7])) == [0, 3, 4, 6]  # already shows one
+    assert add_distractor(rng, [0, 1], evidence, np.array([3])) == [0, 1]  # nothing to replace
 
 
 def test_word_frames_are_the_sum_of_their_words_in_every_slot(qa):

@@ -57,6 +57,12 @@ class SmallReferenceTrainConfig:
     """Share of examples whose subset covers every evidence span."""
     partial_fraction: float = 0.1
     """Share of examples covering only some spans (multi-evidence questions)."""
+    distractor_fraction: float = 0.0
+    """Share of the subsets with evidence of a `query` question in which one non-evidence frame
+    is replaced by a frame of an *option object* (another object whose asked attribute is one of
+    the wrong options), so the model learns to answer from the named object's frame while an
+    object pointing to a wrong option is in view (benchmarks/RESULTS.md, "the policy can learn
+    `query` from labels, GRPO does not"). 0 = off: random non-evidence frames only."""
     align_steps: int = 2000
     """Stage 1 (language model): steps on prompts whose frames are word embeddings standing in
     for images ("red star" for the needle frame, "clutter" for the others). The end-to-end
@@ -175,6 +181,32 @@ def sample_subset(
             pool = np.setdiff1d(np.arange(T), np.fromiter(chosen, dtype=np.int64))
         chosen.update(int(i) for i in rng.choice(pool, size=min(need, len(pool)), replace=False))
     return sorted(chosen)[:k] if len(chosen) > k else sorted(chosen)
+
+
+def option_object_frames(item: QAItem, objects: list[tuple[str, str] | None]) -> np.ndarray:
+    """Frames showing an *option object* of a `query` item: an object other than the named one
+    whose asked attribute is one of the options. Empty for other items or unknown objects."""
+    meta = item.meta or {}
+    asked = meta.get("asked")
+    if asked not in ("color", "shape") or not objects or "color" not in meta or "shape" not in meta:
+        return np.zeros(0, dtype=np.int64)
+    named, position = (meta["color"], meta["shape"]), 0 if asked == "color" else 1
+    return np.array([i for i, obj in enumerate(objects)
+                     if obj is not None and obj != named and obj[position] in item.options], dtype=np.int64)
+
+
+def add_distractor(rng: np.random.Generator, chosen: list[int], evidence_mask: np.ndarray,
+                   distractors: np.ndarray) -> list[int]:
+    """``chosen`` with one of its non-evidence frames replaced by a random frame of
+    ``distractors`` not chosen yet (unchanged when either is missing); sorted."""
+    free = [i for i in chosen if not evidence_mask[i]]
+    pool = np.setdiff1d(distractors, np.asarray(chosen, dtype=np.int64))
+    if not free or not len(pool) or np.isin(distractors, chosen).any():
+        return chosen
+    out = set(chosen)
+    out.discard(int(rng.choice(free)))
+    out.add(int(rng.choice(pool)))
+    return sorted(out)
 
 
 class _PromptCache:
@@ -507,6 +539,14 @@ class _StageSteps:
         items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
         return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
 
+    def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
+        """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
+        time one of its other frames shows an option object (:func:`add_distractor`)."""
+        chosen = sample_subset(self.rng, video, k, kind)
+        if kind != "negative" and self.cfg.distractor_fraction and self.rng.random() < self.cfg.distractor_fraction:
+            chosen = add_distractor(self.rng, chosen, video.evidence_mask, option_object_frames(item, video.objects))
+        return chosen
+
     def answer_loss(self, hidden, option_pos, items_, kinds_, shown) -> tuple[torch.Tensor, float]:
         """shown: per example, the object of each shown frame (``[]`` where unknown)."""
         logits = _masked_option_logits(self.model.lm_head(hidden[:, -1]).float()[:, self.letter_ids], items_)
@@ -527,7 +567,7 @@ class _StageSteps:
         batch = []
         for it, kind in zip(items_, kinds_, strict=True):
             v = self.videos[str(it.video)]
-            batch.append((it, [v.objects[i] for i in sample_subset(self.rng, v, k, kind)]))
+            batch.append((it, [v.objects[i] for i in self.subset(it, v, k, kind)]))
         hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
         return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch])
 
@@ -564,7 +604,7 @@ class _StageSteps:
         batch, shown = [], []
         for it, kind in zip(items_, kinds_, strict=True):
             v = self.videos[str(it.video)]
-            chosen = sample_subset(self.rng, v, k, kind)
+            chosen = self.subset(it, v, k, kind)
             batch.append((it, v.frames[chosen]))
             shown.append([v.objects[i] for i in chosen] if v.objects else [])
         hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
