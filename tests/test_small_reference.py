@@ -230,3 +230,16 @@ def test_training_on_several_tasks_uses_every_tasks_objects(tmp_path, qa):
     ref = load_reference(tmp_path / "ref")
     video = load_video(items[-1].video, size=32)
     assert np.isfinite(ref.option_logits(items[-1], video.frames, [[0, 5, 10, 20]])).all()
+
+
+def test_reference_train_set_overrides_fields_and_rejects_unknown_ones():
+    from refocus.cli.reference import with_overrides
+    from refocus.errors import ConfigError
+
+    cfg = with_overrides(SmallReferenceTrainConfig(seed=3),
+                         ["distractor_fraction=0.5", "frames_per_example=[4]", "vision_steps=10"])
+    assert (cfg.distractor_fraction, cfg.frames_per_example, cfg.vision_steps, cfg.seed) == (0.5, (4,), 10, 3)
+    with pytest.raises(ConfigError, match="distractor_fraction"):
+        with_overrides(SmallReferenceTrainConfig(), ["distractor_fractoin=0.5"])
+    with pytest.raises(ConfigError):
+        with_overrides(SmallReferenceTrainConfig(), ["decode.fps=2"])

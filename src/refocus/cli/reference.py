@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "their defaults")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field of the training config (SmallReferenceTrainConfig), e.g. "
+                        "--set distractor_fraction=0.5 --set vision_steps=1500 (value read as YAML; repeatable)")
     t.set_defaults(func=_train)
 
 
@@ -38,6 +41,25 @@ def resolve_question_file(path: str | Path) -> Path:
     return p
 
 
+def with_overrides(cfg, pairs: list[str]):
+    """``cfg`` with ``--set KEY=VALUE`` applied to its top-level fields (a list becomes a tuple
+    where the field is one); an unknown or nested key is a ConfigError naming the fields."""
+    import dataclasses
+
+    from refocus.configuration import parse_overrides
+    from refocus.errors import ConfigError
+
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    values = parse_overrides(pairs)
+    for key, value in values.items():
+        if key not in fields or isinstance(value, dict):
+            raise ConfigError(f"--set {key}: not a field of {type(cfg).__name__} "
+                              f"(fields: {', '.join(sorted(n for n in fields if n != 'decode'))})")
+        if isinstance(value, list) and isinstance(getattr(cfg, key), tuple):
+            values[key] = tuple(value)
+    return dataclasses.replace(cfg, **values)
+
+
 def _train(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.data.questions import load_questions
@@ -46,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     items = []
     for d in args.data:
         items.extend(load_questions(resolve_question_file(d)))
-    cfg = SmallReferenceTrainConfig(seed=args.seed)
+    cfg = with_overrides(SmallReferenceTrainConfig(seed=args.seed), args.sets)
     if args.steps is not None:
         cfg.steps = args.steps
     if args.batch_size is not None:
