@@ -23,23 +23,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def option_object_mask(item, num_frames: int) -> np.ndarray:
-    """Frames showing an object other than the named one whose asked attribute is an option."""
-    asked = item.meta["asked"]
-    target = (item.meta["color"], item.meta["shape"])
-    mask = np.zeros(num_frames, dtype=bool)
-    for event in item.meta["events"]:
-        if (event["color"], event["shape"]) != target and event[asked] in item.options:
-            first, last = event["frames"]
-            mask[first : last + 1] = True
-    return mask
-
-
 def main() -> None:
     from refocus.data.evidence import evidence_frame_mask
     from refocus.data.questions import load_questions
     from refocus.reference import load_reference
     from refocus.reference.reward import margin_rewards
+    from refocus.reference.small_training import frame_objects, option_object_frames
     from refocus.video.stores import FrameStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,7 +47,8 @@ def main() -> None:
         decoded = frames.get(item, reference.image_size)
         t = len(decoded.timestamps)
         evidence = evidence_frame_mask(decoded.timestamps, item.evidence)
-        option_objects = option_object_mask(item, t)
+        option_objects = np.zeros(t, dtype=bool)
+        option_objects[option_object_frames(item, frame_objects(item, decoded.timestamps))] = True
         subsets = [sorted(rng.choice(t, args.k, replace=False).tolist()) for _ in range(16)]
         for _ in range(args.hits):
             hit = int(rng.choice(np.flatnonzero(evidence)))

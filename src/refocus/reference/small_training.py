@@ -199,7 +199,8 @@ def option_object_frames(item: QAItem, objects: list[tuple[str, str] | None]) ->
 def add_distractor(rng: np.random.Generator, chosen: list[int], evidence_mask: np.ndarray,
                    distractors: np.ndarray) -> list[int]:
     """``chosen`` with one of its non-evidence frames replaced by a random frame of
-    ``distractors`` not chosen yet (unchanged when either is missing); sorted."""
+    ``distractors``; unchanged when it already holds one, or has no non-evidence frame, or there
+    is no distractor frame. Sorted."""
     free = [i for i in chosen if not evidence_mask[i]]
     pool = np.setdiff1d(distractors, np.asarray(chosen, dtype=np.int64))
     if not free or not len(pool) or np.isin(distractors, chosen).any():
