@@ -43,6 +43,8 @@ def expand_questions(item, count: int, rng: np.random.Generator) -> list:
     """Up to ``count`` questions about the objects of ``item``'s video whose colour or shape is
     unique there ("What colour is the star?" / "What shape is the red object?"), with three
     distractor options carried by other objects of the video."""
+    from refocus.data.synth.query import question_text
+
     events, fps = item.meta["events"], item.meta["fps"]
     candidates = []
     for event in events:
@@ -58,8 +60,7 @@ def expand_questions(item, count: int, rng: np.random.Generator) -> list:
             continue
         options = [event[asked], *rng.choice(others, 3, replace=False).tolist()]
         options = [options[i] for i in rng.permutation(4)]
-        question = (f"What colour is the {event['shape']}?" if asked == "color"
-                    else f"What shape is the {event['color']} object?")
+        question = question_text(asked, event["color"], event["shape"])
         first, last = event["frames"]
         out.append(dataclasses.replace(
             item, id=f"{item.id}-{named}-{event[named]}", question=question,

@@ -56,10 +56,15 @@ def plan_query(rng: np.random.Generator, num_frames: int, index: int, cfg: Synth
     events = place_objects(rng, num_frames, objects, cfg)
     evidence = [objects.index((color, shape))]
     options, answer = shuffled_options(rng, target[asked], distractors)
-    question = (f"What colour is the {shape}?" if category == "query_color"
-                else f"What shape is the {color} object?")
+    question = question_text(asked, color, shape)
     meta = events_meta(num_frames, events, color=color, shape=shape, named=named, asked=asked)
     return Sample(num_frames, events, question, options, answer, category, evidence, meta)
+
+
+def question_text(asked: str, color: str, shape: str) -> str:
+    """The question asking for the ``asked`` attribute ("color" or "shape") of the object that
+    is ``color`` ``shape``, naming it by the other attribute."""
+    return f"What colour is the {shape}?" if asked == "color" else f"What shape is the {color} object?"
 
 
 def _other_objects(rng: np.random.Generator, target: dict[str, str], named: str, asked: str,
