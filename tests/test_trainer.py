@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -78,6 +79,7 @@ def test_train_logs_metrics_checkpoints_and_updates_all_trainable_params(tmp_pat
         assert key in rows[-1], key
     assert [r["select/k"] for r in rows] == [2, 2, 3]  # curriculum 2 -> 3 at step 2
     assert 0.0 <= rows[-1]["reward/accuracy"] <= 1.0
+    assert 0.0 <= rows[-1]["reward/evidence_recall"] <= 1.0  # niah items carry evidence spans
     assert result.reference_calls == 3 * 2 * 4
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert ckpts == ["step-000002", "step-000003"]
@@ -89,6 +91,24 @@ def test_train_logs_metrics_checkpoints_and_updates_all_trainable_params(tmp_pat
             assert not torch.equal(before[name], p.detach()), f"{name} did not change"
         else:  # the frozen encoder did not
             assert torch.equal(before[name], p.detach()), f"frozen {name} changed"
+
+
+def test_evidence_recall_counts_candidates_holding_an_evidence_frame():
+    from types import SimpleNamespace
+
+    from refocus.data.questions import QAItem
+    from refocus.training.trainer import _Batch
+
+    def item(evidence):
+        return QAItem(id="q", video=Path("v.mp4"), question="?", options=("a", "b"), answer="A", evidence=evidence)
+
+    frames = SimpleNamespace(timestamps=np.arange(8) * 0.5)  # frames 2, 3 lie in [1.0, 2.0)
+    batch = _Batch([item(((1.0, 2.0),)), item(None)], [], [], [frames, frames])
+    indices = torch.tensor([[[0, 1], [2, 5], [3, 4], [6, 7]], [[2, 3]] * 4])
+    # Item 1: candidates 2 and 3 of 4 hold an evidence frame; item 2 has no spans and is left out.
+    assert GRPOTrainer.evidence_recall(batch, SimpleNamespace(indices=indices)) == 0.5
+    no_spans = _Batch([item(None)], [], [], [frames])
+    assert np.isnan(GRPOTrainer.evidence_recall(no_spans, SimpleNamespace(indices=indices[1:])))
 
 
 def test_resume_equals_uninterrupted(tmp_path, bench, reference_dir):

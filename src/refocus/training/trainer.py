@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from refocus.data.evidence import evidence_frame_mask
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
@@ -92,8 +93,12 @@ class GRPOTrainer(PolicyTrainer):
         self.reference_calls = state["reference_calls"]
 
     def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {"reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
-                "acc": f"{metrics.get('reward/accuracy', float('nan')):.2f}", "k": metrics.get("select/k")}
+        shown = {"reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
+                 "acc": f"{metrics.get('reward/accuracy', float('nan')):.2f}", "k": metrics.get("select/k")}
+        recall = metrics.get("reward/evidence_recall", float("nan"))
+        if np.isfinite(recall):  # only on data with evidence spans
+            shown["ev"] = f"{recall:.2f}"
+        return shown
 
     # ------------------------------------------------------------------ run
     def train(self) -> TrainResult:
@@ -185,6 +190,18 @@ class GRPOTrainer(PolicyTrainer):
             temporal.append(grpo_math.mean_temporal_entropy(ref.timestamps, subsets))
         return torch.stack(rewards).float(), torch.stack(correct), temporal
 
+    @staticmethod
+    def evidence_recall(batch: _Batch, out) -> float:
+        """Share of the sampled candidates that hold a frame of an evidence span, over the
+        questions of the batch that have spans (NaN when none has). A diagnostic for data with
+        annotated evidence (the synthetic tasks): it is logged, never used in the reward."""
+        hits: list[bool] = []
+        for b, (item, ref) in enumerate(zip(batch.items, batch.reference_frames, strict=True)):
+            mask = evidence_frame_mask(ref.timestamps, item.evidence)
+            if mask is not None:
+                hits += [bool(mask[subset].any()) for subset in out.indices[b].tolist()]
+        return float(np.mean(hits)) if hits else float("nan")
+
     def update(self, batch: _Batch, out, advantages: torch.Tensor) -> dict[str, float]:
         """Steps 4-5: ``num_iterations`` passes of Eq. 2 with the entropy bonus over the sampled
         orders; returns the last pass's statistics (``grpo_loss``'s, ``approx_kl``, ``grad_norm``)."""
@@ -248,6 +265,7 @@ class GRPOTrainer(PolicyTrainer):
             "reward/std": float(R.std(dim=1, unbiased=True).mean()),
             "reward/frac_zero_std": float(zero_std.float().mean()),
             "reward/accuracy": float(correct.float().mean()),
+            "reward/evidence_recall": self.evidence_recall(batch, out),
             "select/entropy": stats.get("select_entropy", float("nan")),
             "select/temporal_entropy": float(np.nanmean(temporal)) if temporal else float("nan"),
             "time/sample": t1 - t0,
