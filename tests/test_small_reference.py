@@ -233,13 +233,21 @@ def test_training_on_several_tasks_uses_every_tasks_objects(tmp_path, qa):
 
 
 def test_reference_train_set_overrides_fields_and_rejects_unknown_ones():
-    from refocus.cli.reference import with_overrides
+    from types import SimpleNamespace
+
+    from refocus.cli.reference import train_config
     from refocus.errors import ConfigError
 
-    cfg = with_overrides(SmallReferenceTrainConfig(seed=3),
-                         ["distractor_fraction=0.5", "frames_per_example=[4]", "vision_steps=10"])
-    assert (cfg.distractor_fraction, cfg.frames_per_example, cfg.vision_steps, cfg.seed) == (0.5, (4,), 10, 3)
-    with pytest.raises(ConfigError, match="distractor_fraction"):
-        with_overrides(SmallReferenceTrainConfig(), ["distractor_fractoin=0.5"])
-    with pytest.raises(ConfigError):
-        with_overrides(SmallReferenceTrainConfig(), ["decode.fps=2"])
+    def args(*sets, seed=3, steps=None):
+        return SimpleNamespace(sets=list(sets), seed=seed, steps=steps, batch_size=None)
+
+    cfg = train_config(args("distractor_fraction=0.5", "frames_per_example=[4]", "vision_steps=10",
+                            "decode.fps=2", steps=7))
+    assert (cfg.distractor_fraction, cfg.frames_per_example, cfg.vision_steps, cfg.seed, cfg.steps) == (
+        0.5, (4,), 10, 3, 7)
+    assert (cfg.decode.fps, cfg.decode.max_frames) == (2, SmallReferenceTrainConfig().decode.max_frames)
+    assert train_config(args("seed=5")).seed == 5  # --set wins over --seed's default
+    with pytest.raises(ConfigError, match="did you mean distractor_fraction"):
+        train_config(args("distractor_fractoin=0.5"))
+    with pytest.raises(ConfigError, match="decode"):
+        train_config(args("decode.fsp=2"))

@@ -41,38 +41,28 @@ def resolve_question_file(path: str | Path) -> Path:
     return p
 
 
-def with_overrides(cfg, pairs: list[str]):
-    """``cfg`` with ``--set KEY=VALUE`` applied to its top-level fields (a list becomes a tuple
-    where the field is one); an unknown or nested key is a ConfigError naming the fields."""
-    import dataclasses
-
+def train_config(args: argparse.Namespace):
+    """The SmallReferenceTrainConfig of ``refocus reference train``: its defaults, ``--seed``, then
+    ``--set`` (the loader every config command shares: unknown keys named with a did-you-mean,
+    nested keys as ``decode.fps``), then ``--steps`` / ``--batch-size`` when given."""
     from refocus.configuration import parse_overrides
-    from refocus.errors import ConfigError
+    from refocus.reference.small_training import SmallReferenceTrainConfig
+    from refocus.training.config import load_dataclass_config
 
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    values = parse_overrides(pairs)
-    for key, value in values.items():
-        if key not in fields or isinstance(value, dict):
-            raise ConfigError(f"--set {key}: not a field of {type(cfg).__name__} "
-                              f"(fields: {', '.join(sorted(n for n in fields if n != 'decode'))})")
-        if isinstance(value, list) and isinstance(getattr(cfg, key), tuple):
-            values[key] = tuple(value)
-    return dataclasses.replace(cfg, **values)
+    sets = {"seed": args.seed, **parse_overrides(args.sets)}
+    return load_dataclass_config(SmallReferenceTrainConfig, sets=sets, steps=args.steps,
+                                 batch_size=args.batch_size)
 
 
 def _train(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
     from refocus.data.questions import load_questions
-    from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
+    from refocus.reference.small_training import train_small_reference
 
+    cfg = train_config(args)
     items = []
     for d in args.data:
         items.extend(load_questions(resolve_question_file(d)))
-    cfg = with_overrides(SmallReferenceTrainConfig(seed=args.seed), args.sets)
-    if args.steps is not None:
-        cfg.steps = args.steps
-    if args.batch_size is not None:
-        cfg.batch_size = args.batch_size
     result = train_small_reference(items, args.out, cfg)
     accs = ", ".join(
         f"{k.removeprefix('val_acc_')}={v:.3f}" for k, v in result.items() if k.startswith("val_acc_")

@@ -322,9 +322,12 @@ def load_dataclass_config(
 
 
 def _nested(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Mappings given for nested config fields (``decode:``) built into their dataclass."""
+    """Mappings given for nested config fields (``decode:``) built into their dataclass, and
+    YAML lists given for tuple fields (``frames_per_example: [4]``) made tuples."""
     out = dict(values)
     for f in fields(cls):
+        if isinstance(out.get(f.name), list) and isinstance(f.default, tuple):
+            out[f.name] = tuple(out[f.name])
         if isinstance(out.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
             if dataclasses.is_dataclass(default):
