@@ -111,6 +111,22 @@ def test_evidence_recall_counts_candidates_holding_an_evidence_frame():
     assert np.isnan(GRPOTrainer.evidence_recall(no_spans, SimpleNamespace(indices=indices[1:])))
 
 
+def test_reward_floor_raises_margins_before_the_advantages(tmp_path, bench, reference_dir):
+    items, ref = load_questions(bench), load_reference(reference_dir)
+    trainer = GRPOTrainer(tiny_config(max_steps=1), items, ref, tmp_path, progress=False)
+    batch = trainer._batch()
+    out = trainer.sample(batch, 2)
+    margins, correct, _ = trainer.rewards(batch, out)
+    floor = float(margins.median())  # half of the margins lie below it
+    trainer.cfg.reward_floor = floor
+    raised, correct_floored, _ = trainer.rewards(batch, out)
+    assert (margins < floor).any() and (margins > floor).any()
+    assert torch.equal(raised, margins.clamp(min=floor))
+    assert torch.equal(correct, correct_floored)  # correctness is the reference's, floor or not
+    with pytest.raises(ConfigError, match="reward_floor"):
+        tiny_config(reward_floor=1.0)
+
+
 def test_resume_equals_uninterrupted(tmp_path, bench, reference_dir):
     items = load_questions(bench)
     full = tmp_path / "full"

@@ -156,6 +156,13 @@ class GRPOConfig(TrainerConfig):
     """Advantage scaling: 'group' (Algorithm 1: (r - mean) / (std + eps)), 'batch' or 'none'."""
     advantage_epsilon: float = 1e-4
     """eps in (r - mean) / (std + eps)."""
+    reward_floor: float | None = None
+    """None (the paper, Eq. 1): the margin reward as it is. A number: rewards below it are raised
+    to it before the group advantages (ours; 0 keeps what a subset earns when the reference
+    answers right and makes every wrong answer equal). Why it exists: on ``query`` a subset that
+    shows an object of a wrong option earns -0.2 on average and one that shows nothing -0.07, so
+    the margin first teaches a question-blind "show no object", which also removes the hits the
+    policy needs to learn the question from (benchmarks/RESULTS.md, "the avoid-objects attractor")."""
     importance_sampling_level: str = "subset"
     """'subset' (Eq. 2): one ratio per subset, pi(f) / pi_old(f), the product of the T' step
     ratios (§3.2: the subset is one atomic action). 'sequence': the length-normalised ratio
@@ -230,6 +237,8 @@ class GRPOConfig(TrainerConfig):
             raise ConfigError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
         if self.max_consecutive_nonfinite < 1:
             raise ConfigError(f"max_consecutive_nonfinite must be >= 1, got {self.max_consecutive_nonfinite}")
+        if self.reward_floor is not None and not -1.0 <= self.reward_floor < 1.0:
+            raise ConfigError("reward_floor must be null or in [-1, 1) (margin rewards lie in [-1, 1])")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError("scale_rewards must be 'group', 'batch' or 'none'")
         if self.importance_sampling_level not in IMPORTANCE_LEVELS:

@@ -178,14 +178,18 @@ class GRPOTrainer(PolicyTrainer):
                                                 self.cfg.temperature, self.generator)
 
     def rewards(self, batch: _Batch, out) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-        """Step 3: margin rewards (B, G), correctness (B, G) and the mean temporal entropy per question."""
+        """Step 3: margin rewards (B, G; raised to ``reward_floor`` when one is set), correctness
+        (B, G) and the mean temporal entropy per question."""
         rewards, correct, temporal = [], [], []
         for b, (item, ref) in enumerate(zip(batch.items, batch.reference_frames, strict=True)):
             subsets = out.indices[b].tolist()  # (G, K) sorted
             with self.phase("reward"):
                 logits = self.reference.option_logits(item, ref.frames, subsets)  # (G, O)
             self.reference_calls += len(subsets)
-            rewards.append(torch.from_numpy(margin_rewards(logits, item.answer_index)))
+            margins = torch.from_numpy(margin_rewards(logits, item.answer_index))
+            if self.cfg.reward_floor is not None:
+                margins = margins.clamp(min=self.cfg.reward_floor)
+            rewards.append(margins)
             correct.append(torch.from_numpy(logits.argmax(-1) == item.answer_index))
             temporal.append(grpo_math.mean_temporal_entropy(ref.timestamps, subsets))
         return torch.stack(rewards).float(), torch.stack(correct), temporal
