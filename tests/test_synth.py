@@ -160,17 +160,26 @@ def test_query_objects_are_drawn_and_the_question_names_exactly_one(query):
         assert in_span.tolist() == list(range(hit["frames"][0], hit["frames"][1] + 1))
 
 
-def test_query_question_blind_selection_misses_most_of_the_time():
-    """Plans only: the best a selector that ignores the question can do at budget 4 is one frame
-    of each of 4 different objects; it then holds the named object about 1 time in 3."""
+def test_query_question_blind_selection_random_objects_vs_unique_attribute_objects():
+    """Plans only. A selector that ignores the question and shows one frame of each of 4 random
+    objects holds the named object about 1 time in 3; one that shows the objects whose colour or
+    shape is unique in the video almost always does, because the generator names the object by
+    such an attribute (a known weakness of ``query``: see its module docstring and
+    benchmarks/query_blind_ceiling.py). Fixing the generator should turn the second bound."""
+    from collections import Counter
+
     cfg = SynthConfig()
     rng = np.random.default_rng(0)
-    hits = []
+    random_hits, unique_hits = [], []
     for i in range(300):
         s = plan_video("query", 0, i, (64, 256), cfg)
         seen = rng.choice(len(s.events), size=4, replace=False)
-        hits.append(s.evidence[0] in seen)
-    assert 0.2 < float(np.mean(hits)) < 0.45
+        random_hits.append(s.evidence[0] in seen)
+        colors, shapes = Counter(e.color for e in s.events), Counter(e.shape for e in s.events)
+        unique = [j for j, e in enumerate(s.events) if colors[e.color] == 1 or shapes[e.shape] == 1]
+        unique_hits.append(s.evidence[0] in rng.choice(unique, size=min(4, len(unique)), replace=False))
+    assert 0.2 < float(np.mean(random_hits)) < 0.45
+    assert float(np.mean(unique_hits)) > 0.95
 
 
 def test_same_seed_same_files_other_seed_different(niah, tmp_path):

@@ -39,7 +39,9 @@ from refocus.io import write_json
 TASKS = ("query", "niah", "multi")
 TASK_BUDGET = {"query": 4, "niah": 8, "multi": 8}
 """Frames every selector may pick at evaluation (T') per task: 4 for ``query`` (the budget at
-which a question-blind selector misses the named object 2 times in 3), 8 otherwise."""
+which one frame of each of K random objects misses the named object 2 times in 3; a selector
+that knows which objects have a unique attribute does not miss it, see
+``refocus.data.synth.query``), 8 otherwise."""
 REFERENCE_SEED_OFFSET = 2
 HELDOUT_SEED_OFFSET = 1
 

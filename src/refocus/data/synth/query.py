@@ -13,9 +13,16 @@ Evidence: the named object's frames only.
 
 With 6 colours and 5 shapes, 12 objects cannot all differ in both attributes: they are 12
 distinct (colour, shape) pairs, and the attribute the question names is unique in the video
-(no other red object; no other star), so the question has exactly one answer. A selector
-that ignores the question sees at most ``K`` of the 12 objects at budget ``K``: at the
-default budget of 4 it misses the named one at least 2 times in 3.
+(no other red object; no other star), so the question has exactly one answer.
+
+**Known weakness: the video alone tells where the named object can be.** That uniqueness is
+visible without the question: on average only 2.8 of the 12 objects have a colour or a shape
+no other object has, and the named one is always among them. A selector that never reads the
+question but shows one frame of each of them holds the named object 0.99 of the time at
+budget 4 (uniform: 0.07; K frames among all object frames: 0.31); ``benchmarks/
+query_blind_ceiling.py`` measures this. So ``query`` cannot show that a policy reads the
+question until every object could be the named one, which needs more colours and shapes than
+the 6 x 5 here (benchmarks/RESULTS.md, "a question-blind selector can solve query").
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""How much of ``query`` a selector that never reads the question can solve.
+
+The question names its object by an attribute that is unique in the video ("the star": the
+only star), so the named object is always one of the video's objects with a unique colour or
+a unique shape, and with 6 colours and 5 shapes over 12 objects few objects have one. A
+selector that sees only the video can find those objects (count colours and shapes) and show
+one frame of each. Per budget K, over ``--samples`` planned videos (no rendering), the share
+of questions whose named object gets a frame from:
+
+- ``uniform``: K evenly spaced frames;
+- ``object frames``: K frames drawn among all object frames (knows where objects are);
+- ``unique-attribute objects``: one frame of each object with a unique colour or shape, drawn
+  among them when there are more than K (knows where objects are and which could be named).
+
+Prints one line per K, then JSON as the last line.
+
+    PYTHONPATH=src python benchmarks/query_blind_ceiling.py --samples 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> None:
+    from refocus.data.synth import plan_video
+    from refocus.data.synth.common import SynthConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--frames", default="64,256", help="MIN,MAX video length in frames (the demo's)")
+    ap.add_argument("--budgets", default="1,2,4,8")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    lo, hi = (int(x) for x in args.frames.split(","))
+    budgets = [int(k) for k in args.budgets.split(",")]
+    rng, cfg = np.random.default_rng(args.seed), SynthConfig()
+    hits = {k: Counter() for k in budgets}
+    candidates = []
+    for index in range(args.samples):
+        sample = plan_video("query", args.seed, index, (lo, hi), cfg)
+        events, named = sample.events, sample.evidence[0]
+        colors = Counter(e.color for e in events)
+        shapes = Counter(e.shape for e in events)
+        unique = [i for i, e in enumerate(events) if colors[e.color] == 1 or shapes[e.shape] == 1]
+        assert named in unique  # the generator's own rule: the named attribute is unique
+        candidates.append(len(unique))
+        object_frames = [(i, f) for i, e in enumerate(events) for f in range(e.start, e.stop)]
+        for k in budgets:
+            grid = np.linspace(0, sample.num_frames - 1, k).round().astype(int)
+            ev = events[named]
+            hits[k]["uniform"] += bool(((grid >= ev.start) & (grid < ev.stop)).any())
+            drawn = rng.choice(len(object_frames), size=min(k, len(object_frames)), replace=False)
+            hits[k]["object frames"] += any(object_frames[j][0] == named for j in drawn)
+            shown = rng.choice(unique, size=min(k, len(unique)), replace=False)
+            hits[k]["unique-attribute objects"] += named in shown
+    n = args.samples
+    print(f"objects with a unique colour or shape per video: mean {np.mean(candidates):.2f}, "
+          f"range {min(candidates)}-{max(candidates)} (of {len(events)})")
+    result = {"samples": n, "unique_attribute_objects_mean": round(float(np.mean(candidates)), 3),
+              "recall": {}}
+    for k in budgets:
+        row = {name: round(count / n, 4) for name, count in hits[k].items()}
+        result["recall"][k] = row
+        print(f"K={k}: " + ", ".join(f"{name} {value:.2f}" for name, value in row.items()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
