@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> None:
     from refocus.data.synth import plan_video
     from refocus.data.synth.common import SynthConfig
+    from refocus.data.synth.query import nameable_objects
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
@@ -48,9 +49,7 @@ def main() -> None:
     for index in range(args.samples):
         sample = plan_video("query", args.seed, index, (lo, hi), cfg)
         events, named = sample.events, sample.evidence[0]
-        colors = Counter(e.color for e in events)
-        shapes = Counter(e.shape for e in events)
-        unique = [i for i, e in enumerate(events) if colors[e.color] == 1 or shapes[e.shape] == 1]
+        unique = nameable_objects([(e.color, e.shape) for e in events])
         assert named in unique  # the generator's own rule: the named attribute is unique
         candidates.append(len(unique))
         object_frames = [(i, f) for i, e in enumerate(events) for f in range(e.start, e.stop)]

@@ -35,8 +35,10 @@ def test_query_report_has_the_blind_policy_in_its_headline(tmp_path):
     sel = {name: _row(a, r, r) for name, a, r in [("uniform", 0.3, 0.1), ("random", 0.3, 0.1),
                                                   ("policy-blind", 0.4, 0.3), ("policy", 0.9, 0.95),
                                                   ("oracle", 0.95, 1.0)]}
-    text = write_report(tmp_path, _results("query", sel), {"niah": None, "training": None, "filter": None}).read_text()
+    results = _results("query", sel) | {"query_blind_ceiling": 0.99}
+    text = write_report(tmp_path, results, {"niah": None, "training": None, "filter": None}).read_text()
     assert "task `query`" in text and "**4 frames**" in text
+    assert "never reads the question could hold the named object 0.99" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "0.0100" in line]
     assert [r.split(" | ")[0][2:] for r in rows] == ["uniform", "random", "policy-blind", "policy", "oracle"]
     assert "question withheld" in text and "Per category" not in text and "V-NIAH" not in text
@@ -48,6 +50,7 @@ def test_multi_report_adds_all_spans_and_per_category(tmp_path):
             "order": {"accuracy": 0.75, "evidence_recall": 1.0, "evidence_recall_all": 0.5, "n": 6}}
     sel = {"uniform": _row(0.3, 0.5, 0.125, cats), "policy": _row(0.6, 0.9, 0.75, cats)}
     text = write_report(tmp_path, _results("multi", sel), {"niah": None, "training": None, "filter": None}).read_text()
+    assert "Caveat" not in text  # the blind ceiling is a query matter
     assert "| selector | accuracy | evidence recall | all evidence spans hit |" in text
     assert "| uniform | 0.300 | 0.500 | 0.125 |" in text
     assert "## Per category" in text and "| selector | count | order |" in text
@@ -84,6 +87,9 @@ def test_a_tiny_demo_runs_every_stage(task, tmp_path, monkeypatch):
         assert json.loads((out / "policy-blind" / "config.json").read_text())["question_blind"] is True
     saved = json.loads((out / "results.json").read_text())
     assert saved["task"] == task and saved["budget"] == TASK_BUDGET[task] and saved["niah"] is None
+    assert (saved["query_blind_ceiling"] is None) == (task != "query")
+    if task == "query":
+        assert 0.0 < saved["query_blind_ceiling"] <= 1.0
     assert set(saved["splits"]) == {"reference-query", "reference-niah", "reference-multi", "train", "heldout"}
     report = (out / "report.md").read_text()
     assert all(f"| {n} |" in report for n in names)

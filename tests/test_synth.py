@@ -166,20 +166,26 @@ def test_query_question_blind_selection_random_objects_vs_unique_attribute_objec
     shape is unique in the video almost always does, because the generator names the object by
     such an attribute (a known weakness of ``query``: see its module docstring and
     benchmarks/query_blind_ceiling.py). Fixing the generator should turn the second bound."""
-    from collections import Counter
+    from refocus.data.synth.query import blind_ceiling, nameable_objects
 
     cfg = SynthConfig()
     rng = np.random.default_rng(0)
-    random_hits, unique_hits = [], []
+    random_hits, unique_hits, ceilings = [], [], []
     for i in range(300):
         s = plan_video("query", 0, i, (64, 256), cfg)
         seen = rng.choice(len(s.events), size=4, replace=False)
         random_hits.append(s.evidence[0] in seen)
-        colors, shapes = Counter(e.color for e in s.events), Counter(e.shape for e in s.events)
-        unique = [j for j, e in enumerate(s.events) if colors[e.color] == 1 or shapes[e.shape] == 1]
+        objects = [(e.color, e.shape) for e in s.events]
+        unique = nameable_objects(objects)
+        assert s.evidence[0] in unique
         unique_hits.append(s.evidence[0] in rng.choice(unique, size=min(4, len(unique)), replace=False))
+        ceilings.append(blind_ceiling(objects, 4))
     assert 0.2 < float(np.mean(random_hits)) < 0.45
     assert float(np.mean(unique_hits)) > 0.95
+    assert abs(float(np.mean(ceilings)) - float(np.mean(unique_hits))) < 0.05
+    # hand-made: red star and blue star share a shape, red star and red circle a colour
+    assert nameable_objects([("red", "star"), ("blue", "star"), ("red", "circle")]) == [1, 2]
+    assert blind_ceiling([("red", "star"), ("blue", "star"), ("red", "circle")], 1) == 0.5
 
 
 def test_same_seed_same_files_other_seed_different(niah, tmp_path):

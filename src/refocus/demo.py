@@ -308,6 +308,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
         "train": {name: {"steps": r.steps, "reference_calls": r.reference_calls, "last_metrics": r.last_metrics}
                   for name, r in runs.items()},
         "niah": niah,
+        "query_blind_ceiling": _query_blind_ceiling(heldout, cfg.eval_budget) if cfg.task == "query" else None,
         "timings_s": lap.seconds,
         "config": asdict(cfg) | {"quick": quick},
     }
@@ -338,6 +339,16 @@ def _niah_heatmap(reference, selectors, cfg: DemoConfig, out: Path, progress: bo
             for name, s in niah["selectors"].items()}
 
 
+def _query_blind_ceiling(items, budget: int) -> float | None:
+    """Mean over held-out ``query`` items of the named-object recall a question-blind selector
+    can reach by showing the objects with a unique colour or shape (None without event metadata)."""
+    from refocus.data.synth.query import blind_ceiling
+
+    values = [blind_ceiling([(e["color"], e["shape"]) for e in it.meta["events"]], budget)
+              for it in items if it.meta.get("events")]
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def _reference_summary(ref_dir: Path) -> dict:
     info = json.loads((ref_dir / "reference_train.json").read_text())
     return {k: v for k, v in info.items() if k.startswith("val_acc_")}
@@ -361,7 +372,8 @@ def _link(link: Path, target: Path) -> None:
 
 
 def plot_training_curves(metrics_path: Path, png: Path) -> Path | None:
-    """reward/mean, reward/accuracy and select/entropy over GRPO steps."""
+    """reward/mean, reward/accuracy, reward/evidence_recall (when logged) and select/entropy over
+    GRPO steps."""
     if not metrics_path.is_file():
         return None
     import numpy as np
@@ -382,10 +394,13 @@ def plot_training_curves(metrics_path: Path, png: Path) -> Path | None:
             out[i] = np.nanmean(y[max(0, i - w + 1): i + 1])
         return out
 
-    with figure(1, 3, figsize=(11, 3.2)) as (fig, axes):
-        for ax, key, label in zip(axes, ("reward/mean", "reward/accuracy", "select/entropy"),
-                                  ("margin reward (mean over subsets)", "reference accuracy on sampled subsets",
-                                   "policy entropy per step (nats)"), strict=True):
+    panels = [("reward/mean", "margin reward (mean over subsets)"),
+              ("reward/accuracy", "reference accuracy on sampled subsets"),
+              ("select/entropy", "policy entropy per step (nats)")]
+    if np.isfinite(series("reward/evidence_recall")).any():  # data with evidence spans
+        panels.insert(2, ("reward/evidence_recall", "sampled subsets holding evidence"))
+    with figure(1, len(panels), figsize=(3.7 * len(panels), 3.2)) as (fig, axes):
+        for ax, (key, label) in zip(axes, panels, strict=True):
             y = series(key)
             ax.plot(steps, y, color="#d95f02", alpha=0.3, linewidth=1)
             ax.plot(steps, smooth(y), color="#d95f02", linewidth=2)
@@ -462,6 +477,12 @@ def write_report(out: Path, results: dict, figures: dict[str, str | None]) -> Pa
         lines += ["", "Reference-model calls spent on training (subsets scored): "
                   + ", ".join(f"{n} {c:,}" for n, c in trained.items())
                   + " (a policy: filter probes + GRPO rewards; voyager: ranked combinations, capped at the policy's count)."]
+    if results.get("query_blind_ceiling") is not None:
+        lines += ["", f"**Caveat.** A selector that never reads the question could hold the named object "
+                  f"{results['query_blind_ceiling']:.2f} of the time at this budget: the named object is always one "
+                  "of the few objects whose colour or shape is unique in the video, and which those are is visible "
+                  "without the question. So on this task the question-blind policy is the control that matters, "
+                  "not uniform (README, \"What the question is worth\")."]
     if results["task"] == "multi":
         lines += ["", *_per_category(results)]
     if figures.get("niah"):

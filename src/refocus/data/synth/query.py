@@ -27,6 +27,8 @@ the 6 x 5 here (benchmarks/RESULTS.md, "a question-blind selector can solve quer
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from refocus.data.synth.common import (
@@ -66,6 +68,21 @@ def plan_query(rng: np.random.Generator, num_frames: int, index: int, cfg: Synth
     question = question_text(asked, color, shape)
     meta = events_meta(num_frames, events, color=color, shape=shape, named=named, asked=asked)
     return Sample(num_frames, events, question, options, answer, category, evidence, meta)
+
+
+def nameable_objects(objects: list[tuple[str, str]]) -> list[int]:
+    """Indices of the (colour, shape) ``objects`` of one video that a question could name: those
+    whose colour or shape no other object has. The named object is always one of them, and which
+    they are is visible without the question (the module docstring's known weakness)."""
+    colors = Counter(c for c, _ in objects)
+    shapes = Counter(s for _, s in objects)
+    return [i for i, (c, s) in enumerate(objects) if colors[c] == 1 or shapes[s] == 1]
+
+
+def blind_ceiling(objects: list[tuple[str, str]], budget: int) -> float:
+    """Chance that a selector which shows one frame of each of ``budget`` nameable objects (drawn
+    among them when there are more) holds the named one, without reading the question."""
+    return min(1.0, budget / len(nameable_objects(objects)))
 
 
 def question_text(asked: str, color: str, shape: str) -> str:
