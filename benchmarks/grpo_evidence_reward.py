@@ -23,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from refocus.data.evidence import evidence_frame_mask  # noqa: E402
+from refocus.data.evidence import evidence_frame_mask, hits_evidence  # noqa: E402
 from refocus.training.trainer import GRPOTrainer  # noqa: E402
 
 
@@ -34,7 +34,7 @@ class EvidenceRewardTrainer(GRPOTrainer):
         rewards, correct = [], []
         for b, (item, frames) in enumerate(zip(batch.items, batch.reference_frames, strict=True)):
             mask = evidence_frame_mask(frames.timestamps, item.evidence)
-            hits = torch.tensor([float(mask[subset].any()) for subset in out.indices[b].tolist()])
+            hits = torch.tensor([float(hits_evidence(subset, mask)) for subset in out.indices[b].tolist()])
             rewards.append(hits)
             correct.append(hits.bool())
         return torch.stack(rewards), torch.stack(correct), [0.0] * len(batch.items)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from refocus.data.evidence import evidence_frame_mask
+from refocus.data.evidence import evidence_frame_mask, hits_evidence
 from refocus.data.questions import QAItem
 from refocus.errors import RefocusError
 from refocus.reference.reward import margin_rewards
@@ -203,7 +203,7 @@ class GRPOTrainer(PolicyTrainer):
         for b, (item, ref) in enumerate(zip(batch.items, batch.reference_frames, strict=True)):
             mask = evidence_frame_mask(ref.timestamps, item.evidence)
             if mask is not None:
-                hits += [bool(mask[subset].any()) for subset in out.indices[b].tolist()]
+                hits += [hits_evidence(subset, mask) for subset in out.indices[b].tolist()]
         return float(np.mean(hits)) if hits else float("nan")
 
     def update(self, batch: _Batch, out, advantages: torch.Tensor) -> dict[str, float]:
