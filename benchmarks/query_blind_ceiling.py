@@ -10,7 +10,8 @@ of questions whose named object gets a frame from:
 - ``uniform``: K evenly spaced frames;
 - ``object frames``: K frames drawn among all object frames (knows where objects are);
 - ``unique-attribute objects``: one frame of each object with a unique colour or shape, drawn
-  among them when there are more than K (knows where objects are and which could be named).
+  among them when there are more than K (knows where objects are and which could be named;
+  the expectation, ``refocus.data.synth.query.blind_ceiling``).
 
 Prints one line per K, then JSON as the last line.
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> None:
     from refocus.data.synth import plan_video
     from refocus.data.synth.common import SynthConfig
-    from refocus.data.synth.query import nameable_objects
+    from refocus.data.synth.query import NUM_OBJECTS, blind_ceiling, nameable_objects
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
@@ -49,7 +50,8 @@ def main() -> None:
     for index in range(args.samples):
         sample = plan_video("query", args.seed, index, (lo, hi), cfg)
         events, named = sample.events, sample.evidence[0]
-        unique = nameable_objects([(e.color, e.shape) for e in events])
+        objects = [(e.color, e.shape) for e in events]
+        unique = nameable_objects(objects)
         assert named in unique  # the generator's own rule: the named attribute is unique
         candidates.append(len(unique))
         object_frames = [(i, f) for i, e in enumerate(events) for f in range(e.start, e.stop)]
@@ -59,11 +61,10 @@ def main() -> None:
             hits[k]["uniform"] += bool(((grid >= ev.start) & (grid < ev.stop)).any())
             drawn = rng.choice(len(object_frames), size=min(k, len(object_frames)), replace=False)
             hits[k]["object frames"] += any(object_frames[j][0] == named for j in drawn)
-            shown = rng.choice(unique, size=min(k, len(unique)), replace=False)
-            hits[k]["unique-attribute objects"] += named in shown
+            hits[k]["unique-attribute objects"] += blind_ceiling(objects, k)  # its expectation
     n = args.samples
     print(f"objects with a unique colour or shape per video: mean {np.mean(candidates):.2f}, "
-          f"range {min(candidates)}-{max(candidates)} (of {len(events)})")
+          f"range {min(candidates)}-{max(candidates)} (of {NUM_OBJECTS})")
     result = {"samples": n, "unique_attribute_objects_mean": round(float(np.mean(candidates)), 3),
               "recall": {}}
     for k in budgets:

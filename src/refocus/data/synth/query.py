@@ -19,7 +19,7 @@ distinct (colour, shape) pairs, and the attribute the question names is unique i
 visible without the question: on average only 2.8 of the 12 objects have a colour or a shape
 no other object has, and the named one is always among them. A selector that never reads the
 question but shows one frame of each of them holds the named object 0.99 of the time at
-budget 4 (uniform: 0.07; K frames among all object frames: 0.31); ``benchmarks/
+budget 4 (uniform: 0.07; K frames among all object frames: 0.29); ``benchmarks/
 query_blind_ceiling.py`` measures this. So ``query`` cannot show that a policy reads the
 question until every object could be the named one, which needs more colours and shapes than
 the 6 x 5 here (benchmarks/RESULTS.md, "a question-blind selector can solve query").
