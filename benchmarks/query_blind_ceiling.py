@@ -1,17 +1,19 @@
 """How much of ``query`` a selector that never reads the question can solve.
 
-The question names its object by an attribute that is unique in the video ("the star": the
-only star), so the named object is always one of the video's objects with a unique colour or
-a unique shape, and with 6 colours and 5 shapes over 12 objects few objects have one. A
-selector that sees only the video can find those objects (count colours and shapes) and show
-one frame of each. Per budget K, over ``--samples`` planned videos (no rendering), the share
-of questions whose named object gets a frame from:
+A selector that sees only the video can find its objects and tell which of them the question
+could name (those whose colour or shape is unique in the video: the named attribute must be).
+Per budget K, over ``--samples`` planned videos (no rendering), the share of questions whose
+named object gets a frame from:
 
 - ``uniform``: K evenly spaced frames;
 - ``object frames``: K frames drawn among all object frames (knows where objects are);
 - ``unique-attribute objects``: one frame of each object with a unique colour or shape, drawn
   among them when there are more than K (knows where objects are and which could be named;
   the expectation, ``refocus.data.synth.query.blind_ceiling``).
+
+Since ``SYNTH_VERSION`` 2 every object of a video has its own colour and shape, so every
+object could be named and the last column is K / 10. With the first generator (12 objects over
+6 colours and 5 shapes, ~2.8 of them nameable) it was 0.99 at K = 4 (benchmarks/RESULTS.md).
 
 Prints one line per K, then JSON as the last line.
 

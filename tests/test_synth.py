@@ -4,6 +4,7 @@ misses the evidence, the evidence frames contain it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -125,6 +126,21 @@ def test_multi_events_are_drawn_and_questions_are_consistent(multi):
             assert len(item.evidence) == len(events)
 
 
+def test_every_shape_draws_its_own_silhouette():
+    """Same place and size, every pair of shapes differs in at least 15% of the pixels either
+    covers (IoU < 0.85; the closest pairs are circle / ring 0.83 and circle / square 0.82), and
+    the ring is hollow where the circle is filled."""
+    from refocus.data.synth.common import SHAPES, Event
+    from refocus.data.synth.render import draw_object
+
+    masks = {s: draw_object(Event(0, 1, "red", s, (48.0, 48.0), 40.0), 96)[1] for s in SHAPES}
+    assert all(m.sum() > 300 for m in masks.values())
+    for a, b in itertools.combinations(SHAPES, 2):
+        iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
+        assert iou < 0.85, (a, b, iou)
+    assert masks["circle"][48, 48] and not masks["ring"][48, 48]
+
+
 @pytest.fixture(scope="module")
 def query(tmp_path_factory) -> Path:
     return make_benchmark("query", tmp_path_factory.mktemp("query"), 4, (48, 96), seed=3)
@@ -137,7 +153,8 @@ def test_query_objects_are_drawn_and_the_question_names_exactly_one(query):
         frames, times = decode(item.video)
         events = item.meta["events"]
         pairs = [(e["color"], e["shape"]) for e in events]
-        assert len(events) == 12 and len(set(pairs)) == 12
+        # every object its own colour and its own shape, so any of them could be the named one
+        assert len(events) == 10 and len({c for c, _ in pairs}) == len({s for _, s in pairs}) == 10
         starts, stops = [e["frames"][0] for e in events], [e["frames"][1] for e in events]
         assert all(a > b for a, b in zip(starts[1:], stops[:-1], strict=False)), "objects overlap"
         for e in events:
@@ -160,29 +177,29 @@ def test_query_objects_are_drawn_and_the_question_names_exactly_one(query):
         assert in_span.tolist() == list(range(hit["frames"][0], hit["frames"][1] + 1))
 
 
-def test_query_question_blind_selection_random_objects_vs_unique_attribute_objects():
-    """Plans only. A selector that ignores the question and shows one frame of each of 4 random
-    objects holds the named object about 1 time in 3; one that shows the objects whose colour or
-    shape is unique in the video almost always does, because the generator names the object by
-    such an attribute (a known weakness of ``query``: see its module docstring and
-    benchmarks/query_blind_ceiling.py). Fixing the generator should turn the second bound."""
+def test_query_question_blind_selection_holds_the_named_object_about_k_in_ten():
+    """Plans only. Every object of a ``query`` video has a colour and a shape no other object has
+    and is equally likely to be the named one, so a selector that ignores the question and shows
+    4 objects holds the named one about 4 times in 10, however it picks them (the generator's
+    earlier version let it pick the few nameable objects and reach 0.99)."""
     from refocus.data.synth.query import blind_ceiling, nameable_objects
 
     cfg = SynthConfig()
     rng = np.random.default_rng(0)
-    random_hits, unique_hits, ceilings = [], [], []
-    for i in range(300):
+    random_hits, named_at, ceilings = [], [], []
+    for i in range(1000):
         s = plan_video("query", 0, i, (64, 256), cfg)
+        objects = [(e.color, e.shape) for e in s.events]
+        assert nameable_objects(objects) == list(range(10))
         seen = rng.choice(len(s.events), size=4, replace=False)
         random_hits.append(s.evidence[0] in seen)
-        objects = [(e.color, e.shape) for e in s.events]
-        unique = nameable_objects(objects)
-        assert s.evidence[0] in unique
-        unique_hits.append(s.evidence[0] in rng.choice(unique, size=min(4, len(unique)), replace=False))
+        named_at.append(s.evidence[0])
         ceilings.append(blind_ceiling(objects, 4))
-    assert 0.2 < float(np.mean(random_hits)) < 0.45
-    assert float(np.mean(unique_hits)) > 0.95
-    assert abs(float(np.mean(ceilings)) - float(np.mean(unique_hits))) < 0.05
+    assert 0.35 < float(np.mean(random_hits)) < 0.45
+    assert set(ceilings) == {0.4}
+    # The named object is at any place in the video's order, not favouring one.
+    counts = np.bincount(named_at, minlength=10)
+    assert counts.min() > 60 and counts.max() < 140
     # hand-made: red star and blue star share a shape, red star and red circle a colour
     assert nameable_objects([("red", "star"), ("blue", "star"), ("red", "circle")]) == [1, 2]
     assert blind_ceiling([("red", "star"), ("blue", "star"), ("red", "circle")], 1) == 0.5
@@ -249,7 +266,7 @@ def test_bad_arguments_raise_refocus_error(tmp_path):
         make_benchmark("haystack", tmp_path, 1, FRAMES, 0)
     with pytest.raises(RefocusError, match="--frames"):
         make_benchmark("multi", tmp_path, 1, (16, 40), 0)
-    with pytest.raises(RefocusError, match="--frames for query needs 48"):
+    with pytest.raises(RefocusError, match="--frames for query needs 40"):
         make_benchmark("query", tmp_path, 1, (32, 80), 0)
     with pytest.raises(RefocusError, match="--size"):
         make_benchmark("niah", tmp_path, 1, FRAMES, 0, size=95)

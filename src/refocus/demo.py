@@ -2,8 +2,8 @@
 
 ``--task`` picks the synthetic benchmark the policy is trained and evaluated on:
 
-- ``query`` (default): 12 objects per video, the question names one (``refocus synth query``);
-  budget 4. A question-blind policy (``question_blind: true``, the same training) runs
+- ``query`` (default): 10 objects per video, each its own colour and shape; the question
+  names one (``refocus synth query``); budget 4. A question-blind policy (``question_blind: true``, the same training) runs
   beside the normal one, so the report shows what reading the question is worth.
 - ``niah``: one needle per video; budget 8; adds the V-NIAH heatmap (64 to 1,024 frames).
 - ``multi``: order / count / compare over several events; budget 8; adds a per-category
@@ -112,12 +112,20 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _split_key(*parts) -> str:
+    """Cache key of a generated split: its arguments and the generators' version (a new version
+    gets new directories, so the reference model keyed on their paths is retrained too)."""
+    from refocus.data.synth import SYNTH_VERSION
+
+    return _key(*parts, SYNTH_VERSION)
+
+
 def _synth(kind: str, out: Path, videos: int, frames: tuple[int, int], seed: int, progress: bool) -> Path:
     """Generate a synthetic split once; a stamp file makes reruns reuse it."""
-    from refocus.data.synth import make_benchmark
+    from refocus.data.synth import SYNTH_VERSION, make_benchmark
 
     stamp = out / ".complete"
-    params = {"kind": kind, "videos": videos, "frames": list(frames), "seed": seed}
+    params = {"kind": kind, "videos": videos, "frames": list(frames), "seed": seed, "version": SYNTH_VERSION}
     if stamp.is_file() and json.loads(stamp.read_text()) == params:
         return out / "qa.jsonl"
     if out.exists():
@@ -132,7 +140,7 @@ def reference_splits(cfg: DemoConfig, progress: bool) -> list[Path]:
     """The question files of the reference split, one per task (seed + 2, generated once)."""
     root = cache_root() / "demo-data"
     seed = cfg.seed + REFERENCE_SEED_OFFSET
-    return [_synth(kind, root / f"reference-{kind}-{_key(cfg.reference_videos, cfg.frames, seed)}",
+    return [_synth(kind, root / f"reference-{kind}-{_split_key(cfg.reference_videos, cfg.frames, seed)}",
                    cfg.reference_videos, cfg.frames, seed, progress) for kind in TASKS]
 
 
@@ -142,9 +150,9 @@ def synth_splits(cfg: DemoConfig, progress: bool) -> dict[str, Path]:
     root = cache_root() / "demo-data"
     splits = {f"reference-{kind}": qa for kind, qa in zip(TASKS, reference_splits(cfg, progress), strict=True)}
     held_seed = cfg.seed + HELDOUT_SEED_OFFSET
-    splits["train"] = _synth(cfg.task, root / f"train-{cfg.task}-{_key(cfg.train_videos, cfg.frames, cfg.seed)}",
+    splits["train"] = _synth(cfg.task, root / f"train-{cfg.task}-{_split_key(cfg.train_videos, cfg.frames, cfg.seed)}",
                              cfg.train_videos, cfg.frames, cfg.seed, progress)
-    splits["heldout"] = _synth(cfg.task, root / f"heldout-{cfg.task}-{_key(cfg.heldout_videos, cfg.frames, held_seed)}",
+    splits["heldout"] = _synth(cfg.task, root / f"heldout-{cfg.task}-{_split_key(cfg.heldout_videos, cfg.frames, held_seed)}",
                                cfg.heldout_videos, cfg.frames, held_seed, progress)
     return splits
 
@@ -332,7 +340,7 @@ def _niah_heatmap(reference, selectors, cfg: DemoConfig, out: Path, progress: bo
         reference, [selectors["uniform"], selectors["policy"]], out / "niah",
         NiahConfig(lengths=cfg.niah_lengths, positions=cfg.niah_positions, per_cell=cfg.niah_per_cell,
                    budget=cfg.eval_budget, seed=cfg.seed, train_max_frames=cfg.frames[1]),
-        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
+        grid_dir=cache_root() / "demo-data" / f"niah-grid-{_split_key(cfg.niah_lengths, cfg.niah_positions, cfg.niah_per_cell, cfg.seed)}",
         progress=progress,
     )
     return {name: {"accuracy": s["accuracy"], "evidence_recall": s["evidence_recall"]}
@@ -341,7 +349,8 @@ def _niah_heatmap(reference, selectors, cfg: DemoConfig, out: Path, progress: bo
 
 def _query_blind_ceiling(items, budget: int) -> float | None:
     """Mean over held-out ``query`` items of the named-object recall a question-blind selector
-    can reach by showing the objects with a unique colour or shape (None without event metadata)."""
+    can reach by showing one frame of each of ``budget`` objects that the question could name
+    (None without event metadata)."""
     from refocus.data.synth.query import blind_ceiling
 
     values = [blind_ceiling([(e["color"], e["shape"]) for e in it.meta["events"]], budget)
@@ -417,7 +426,7 @@ def plot_training_curves(metrics_path: Path, png: Path) -> Path | None:
 
 
 TASK_TEXT = {
-    "query": "the query benchmark (12 objects per video; the question names one by its colour or shape)",
+    "query": "the query benchmark (10 objects per video, each its own colour and shape; the question names one by its colour or shape)",
     "niah": "the synthetic V-NIAH benchmark (one needle per video)",
     "multi": "the multi-evidence benchmark (order / count / compare over several events)",
 }
@@ -478,11 +487,10 @@ def write_report(out: Path, results: dict, figures: dict[str, str | None]) -> Pa
                   + ", ".join(f"{n} {c:,}" for n, c in trained.items())
                   + " (a policy: filter probes + GRPO rewards; voyager: ranked combinations, capped at the policy's count)."]
     if results.get("query_blind_ceiling") is not None:
-        lines += ["", f"**Caveat.** A selector that never reads the question could hold the named object "
-                  f"{results['query_blind_ceiling']:.2f} of the time at this budget: the named object is always one "
-                  "of the few objects whose colour or shape is unique in the video, and which those are is visible "
-                  "without the question. So on this task the question-blind policy is the control that matters, "
-                  "not uniform (README, \"What the question is worth\")."]
+        lines += ["", f"A selector that never reads the question holds the named object at most "
+                  f"{results['query_blind_ceiling']:.2f} of the time at this budget (one frame of each of K of the "
+                  "video's objects, any of which the question could name): the question-blind policy's recall "
+                  "should stay near it, the policy's should not."]
     if results["task"] == "multi":
         lines += ["", *_per_category(results)]
     if figures.get("niah"):

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smaller smoke run (about a third of the time)")
     p.add_argument("--task", choices=["query", "niah", "multi"], default="query",
-                   help="benchmark the policy learns: query (12 objects, the question names one; budget 4; "
+                   help="benchmark the policy learns: query (10 objects, the question names one; budget 4; "
                    "adds a question-blind policy), niah (one needle; budget 8; V-NIAH heatmap) or multi "
                    "(order / count / compare; budget 8; per-category table). Default query")
     p.add_argument("--voyager", action="store_true",

@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="write a synthetic benchmark: real videos under DIR/videos/ and DIR/qa.jsonl",
         description="Write a synthetic benchmark with known evidence spans. niah: one short "
-        "needle object in a cluttered haystack, questions about its colour or shape. query: 12 objects "
-        "at separate times, the question names one by its colour or shape and asks the other. multi: "
+        "needle object in a cluttered haystack, questions about its colour or shape. query: 10 objects "
+        "of distinct colours and shapes at separate times, the question names one by its colour or shape and asks the other. multi: "
         "2-6 separated events, questions about their order, count and comparison.",
     )
     parser.add_argument("kind", choices=["niah", "query", "multi"], help="which benchmark")

@@ -7,8 +7,9 @@ multiply them, each keeping the (colour, shape) label computable:
 * ``dihedral_shift``: the 8 rotations / reflections of the square frame and a circular shift.
   Every synthetic shape maps to itself under them (a rotated triangle is still a triangle);
 * ``permute_channels``: a permutation of the RGB channels. The palette is closed under it up
-  to rounding (red -> green -> blue, yellow -> magenta -> cyan), so the colour label follows
-  the nearest palette colour of the permuted one;
+  to rounding (red -> green -> blue, yellow -> magenta -> cyan, within 70 levels; the six
+  extra colours of ``query`` exactly), so the colour label follows the nearest palette colour
+  of the permuted one;
 * ``paste_objects``: a freshly drawn object (the synthetic generator's own renderer, any
   colour and shape, random size and place) over a haystack frame of the training videos,
   drawn at the benchmark's frame size and resized like a decoded frame.

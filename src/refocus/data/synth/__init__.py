@@ -34,6 +34,11 @@ planner's module holds ``MIN_FRAMES``. Plug-ins register through the ``refocus.s
 entry points."""
 KINDS = ("niah", "query", "multi")
 """The kinds shipped with refocus."""
+SYNTH_VERSION = 2
+"""Raised whenever the shipped generators' output changes for the same arguments, so caches
+keyed on the arguments (``refocus demo``'s splits) regenerate. 2: ``query`` shows 10 objects
+that all differ in colour and in shape, drawn from 12 colours and 10 shapes; sparkle hues lie
+between the 12 colours (niah and multi frames change slightly, their questions do not)."""
 
 
 def min_frames(kind: str) -> int:
@@ -46,6 +51,7 @@ __all__ = [
     "COLORS",
     "KINDS",
     "SHAPES",
+    "SYNTH_VERSION",
     "Event",
     "Sample",
     "SynthConfig",

@@ -8,7 +8,7 @@ import numpy as np
 
 # Well separated in hue and saturated, so a colour survives H.264 (4:2:0 chroma) and a
 # 64 px resize; the haystack stays at saturation <= 0.5 (sparkles aside) so it never matches one of these.
-COLORS: dict[str, tuple[int, int, int]] = {
+BASIC_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (20, 200, 40),
     "blue": (40, 80, 235),
@@ -16,7 +16,25 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "magenta": (220, 50, 220),
     "cyan": (40, 215, 225),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+"""The colours ``niah`` and ``multi`` draw from."""
+BASIC_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+"""The shapes ``niah`` and ``multi`` draw from."""
+COLORS: dict[str, tuple[int, int, int]] = {
+    **BASIC_COLORS,
+    # The six channel orders of (205, 145, 0): the palette stays closed under RGB channel
+    # permutation (the reference's augmentation), and (205, 145, 0) is the orbit that keeps every
+    # pair of the 12 colours furthest apart (at least 82 levels, Euclidean).
+    "orange": (205, 145, 0),
+    "pink": (205, 0, 145),
+    "lime": (145, 205, 0),
+    "mint": (0, 205, 145),
+    "purple": (145, 0, 205),
+    "azure": (0, 145, 205),
+}
+"""Every colour an object can have: the basic six and six between them. ``query`` needs as
+many colours as it shows objects, so that every object can be the one the question names."""
+SHAPES: tuple[str, ...] = (*BASIC_SHAPES, "diamond", "ring", "arrow", "heart", "crescent")
+"""Every shape an object can have (``query`` shows one object of each)."""
 
 
 @dataclass(frozen=True)

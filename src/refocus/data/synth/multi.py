@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from refocus.data.synth.common import (
-    COLORS,
-    SHAPES,
+    BASIC_COLORS,
+    BASIC_SHAPES,
     Sample,
     SynthConfig,
     events_meta,
@@ -42,7 +42,7 @@ def plan_multi(rng: np.random.Generator, num_frames: int, index: int, cfg: Synth
 
 def _objects(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
     """``n`` (colour, shape) pairs with all colours distinct and all shapes distinct."""
-    return list(zip(pick(rng, COLORS, n), pick(rng, SHAPES, n), strict=True))
+    return list(zip(pick(rng, BASIC_COLORS, n), pick(rng, BASIC_SHAPES, n), strict=True))
 
 
 def _the(obj: tuple[str, str]) -> str:
@@ -50,8 +50,8 @@ def _the(obj: tuple[str, str]) -> str:
 
 
 def _order(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sample:
-    *shown, unseen_color = pick(rng, COLORS, 4)
-    shapes = pick(rng, SHAPES, 4)
+    *shown, unseen_color = pick(rng, BASIC_COLORS, 4)
+    shapes = pick(rng, BASIC_SHAPES, 4)
     objects = list(zip(shown, shapes[:3], strict=True))
     unseen = (unseen_color, shapes[3])
     events = place_objects(rng, num_frames, objects, cfg)
@@ -68,9 +68,9 @@ def _order(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sampl
 def _count(rng: np.random.Generator, num_frames: int, cfg: SynthConfig) -> Sample:
     (target,) = _objects(rng, 1)
     if rng.random() < 0.5:  # look-alike of the same colour, other shape
-        decoy = (target[0], pick(rng, SHAPES, 1, exclude=(target[1],))[0])
+        decoy = (target[0], pick(rng, BASIC_SHAPES, 1, exclude=(target[1],))[0])
     else:
-        decoy = (pick(rng, COLORS, 1, exclude=(target[0],))[0], target[1])
+        decoy = (pick(rng, BASIC_COLORS, 1, exclude=(target[0],))[0], target[1])
     count = int(rng.integers(1, 5))
     objects = [target] * count + [decoy]
     objects = [objects[i] for i in rng.permutation(len(objects))]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from refocus.data.synth.common import (
-    COLORS,
-    SHAPES,
+    BASIC_COLORS,
+    BASIC_SHAPES,
     Sample,
     SynthConfig,
     make_event,
@@ -34,13 +34,13 @@ def plan_niah(rng: np.random.Generator, num_frames: int, index: int, cfg: SynthC
     """Draw the needle (colour, shape, place, duration) and the question for video ``index``."""
     lo, hi = cfg.needle_frames
     length = int(rng.integers(lo, hi + 1))
-    color = pick(rng, COLORS, 1)[0]
-    shape = pick(rng, SHAPES, 1)[0]
+    color = pick(rng, BASIC_COLORS, 1)[0]
+    shape = pick(rng, BASIC_SHAPES, 1)[0]
     (start,) = place_events(rng, num_frames, [length], gap=0)
     needle = make_event(rng, start, length, color, shape, cfg)
 
     category = CATEGORIES[index % len(CATEGORIES)]
-    values, correct = (COLORS, color) if category == "needle_color" else (SHAPES, shape)
+    values, correct = (BASIC_COLORS, color) if category == "needle_color" else (BASIC_SHAPES, shape)
     options, answer = shuffled_options(
         rng, correct, pick(rng, values, NUM_OPTIONS - 1, exclude=(correct,))
     )

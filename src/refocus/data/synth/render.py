@@ -146,7 +146,8 @@ def _draw_clutter(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarra
 def shape_polygon(
     shape: str, center: tuple[float, float], diameter: float
 ) -> list[tuple[float, float]] | None:
-    """Vertices of a polygonal shape inside a ``diameter`` box, or None for the circle."""
+    """Vertices of a polygonal shape inside a ``diameter`` box, or None for the circle (and the
+    ring, a circle whose hole ``draw_object`` punches)."""
     cx, cy = center
     r = diameter / 2
     if shape == "circle":
@@ -166,9 +167,42 @@ def shape_polygon(
         a, b = r, r * 0.34
         pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b),
                (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]  # fmt: skip
+    elif shape == "diamond":  # narrower than a square turned 45 degrees
+        pts = [(0, -r), (r * 0.72, 0), (0, r), (-r * 0.72, 0)]
+    elif shape == "arrow":
+        head, shaft = r * 0.05, r * 0.3
+        pts = [(-r, -shaft), (head, -shaft), (head, -r * 0.85), (r, 0), (head, r * 0.85), (head, shaft),
+               (-r, shaft)]  # fmt: skip
+    elif shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        scale = r / 17  # the curve spans x in [-16, 16], y in [-12, 17]
+        pts = list(zip(x * scale, (y - 2.5) * scale, strict=True))
+    elif shape == "crescent":
+        pts = _crescent(r)
+    elif shape == "ring":
+        return shape_polygon("circle", center, diameter)
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return [(cx + x, cy + y) for x, y in pts]
+
+
+RING_HOLE = 0.5
+"""Radius of a ring's hole as a fraction of its outer radius."""
+
+
+def _crescent(r: float, n: int = 24) -> list[tuple[float, float]]:
+    """A crescent opening to the right: the disc of radius ``r`` minus a disc of radius 0.8 r
+    whose centre is 0.45 r to the right; the outer arc, then the inner arc back."""
+    d, r1 = 0.45 * r, 0.8 * r
+    x = (r * r - r1 * r1 + d * d) / (2 * d)  # where the two circles cross
+    y = float(np.sqrt(r * r - x * x))
+    outer = np.linspace(np.arctan2(y, x), 2 * np.pi - np.arctan2(y, x), n)
+    a = np.arctan2(y, x - d)
+    inner = np.linspace(2 * np.pi - a, a, n)
+    return ([(r * np.cos(t), -r * np.sin(t)) for t in outer]
+            + [(d + r1 * np.cos(t), -r1 * np.sin(t)) for t in inner])
 
 
 def draw_object(event: Event, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,11 +217,14 @@ def draw_object(event: Event, size: int) -> tuple[np.ndarray, np.ndarray]:
     outline = (*OUTLINE, 255)
     width = max(2, size // 40)
     poly = shape_polygon(event.shape, event.center, event.diameter)
+    (cx, cy), r = event.center, event.diameter / 2
     if poly is None:
-        (cx, cy), r = event.center, event.diameter / 2
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
     else:
         draw.polygon(poly, fill=fill, outline=outline, width=width)
+    if event.shape == "ring":  # punch the hole (drawing on RGBA sets pixels, it does not blend)
+        h = r * RING_HOLE
+        draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=(0, 0, 0, 0), outline=outline, width=width)
     arr = np.asarray(img)
     return arr[..., :3], arr[..., 3] > 0
 
