@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from refocus.data.synth.common import COLORS, SHAPES
-from refocus.reference.augment import dihedral_shift, paste_objects, permute_channels
+from refocus.reference.augment import mirror_shift, paste_objects, permute_channels
 
 
 def _nearest_colour(rgb: np.ndarray) -> str:
@@ -27,14 +27,20 @@ def test_permute_channels_relabels_each_palette_colour_to_what_it_becomes():
     assert none == [None, None]
 
 
-def test_dihedral_shift_keeps_the_pixels_of_each_frame():
+def test_mirror_shift_keeps_the_pixels_of_each_frame_and_turns_only_when_asked():
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    out = dihedral_shift(rng, frames)
-    assert out.shape == frames.shape
-    assert not np.array_equal(out, frames)
-    for a, b in zip(frames, out, strict=True):  # a permutation of the same pixels
-        assert np.array_equal(np.sort(a.reshape(-1, 3), axis=0), np.sort(b.reshape(-1, 3), axis=0))
+    for rotate in (False, True):
+        out = mirror_shift(rng, frames, rotate=rotate)
+        assert out.shape == frames.shape
+        assert not np.array_equal(out, frames)
+        for a, b in zip(frames, out, strict=True):  # a permutation of the same pixels
+            assert np.array_equal(np.sort(a.reshape(-1, 3), axis=0), np.sort(b.reshape(-1, 3), axis=0))
+    # without shift: upright frames stay upright (as drawn or mirrored); with rotate, some turn
+    plain = mirror_shift(rng, frames, max_shift=0)
+    assert all(np.array_equal(b, a) or np.array_equal(b, a[:, ::-1]) for a, b in zip(frames, plain, strict=True))
+    turned = mirror_shift(np.random.default_rng(3), np.repeat(frames[:1], 32, 0), max_shift=0, rotate=True)
+    assert any(not (np.array_equal(b, frames[0]) or np.array_equal(b, frames[0][:, ::-1])) for b in turned)
 
 
 def test_paste_objects_draws_the_named_colour_over_the_background():
