@@ -31,6 +31,18 @@ def test_task_picks_the_budget_and_bad_tasks_fail():
         DemoConfig(task="haystack")
 
 
+def test_cached_splits_are_keyed_on_the_generators_version(monkeypatch):
+    """A new SYNTH_VERSION names new split directories, so a cache written by older generators is
+    not reused (nor the reference model trained on it, keyed on the splits' paths)."""
+    import refocus.data.synth as synth
+    from refocus.demo import _split_key
+
+    before = _split_key(160, (64, 256), 2)
+    assert _split_key(160, (64, 256), 2) == before
+    monkeypatch.setattr(synth, "SYNTH_VERSION", synth.SYNTH_VERSION + 1)
+    assert _split_key(160, (64, 256), 2) != before
+
+
 def test_query_report_has_the_blind_policy_in_its_headline(tmp_path):
     sel = {name: _row(a, r, r) for name, a, r in [("uniform", 0.3, 0.1), ("random", 0.3, 0.1),
                                                   ("policy-blind", 0.4, 0.3), ("policy", 0.9, 0.95),
