@@ -251,3 +251,36 @@ def test_reference_train_set_overrides_fields_and_rejects_unknown_ones():
         train_config(args("distractor_fractoin=0.5"))
     with pytest.raises(ConfigError, match="decode"):
         train_config(args("decode.fsp=2"))
+
+
+def test_requery_asks_about_another_object_and_moves_the_evidence_with_it(tmp_path):
+    """``requery_fraction``: a `query` example asks about a random object of its video; the
+    answer is that object's asked attribute, every option is a value some object of the video
+    has, and the evidence frames are exactly that object's frames."""
+    from refocus.data.synth.common import COLORS, SHAPES
+    from refocus.reference.small_training import _decode_items, _StageSteps
+
+    items = load_questions(make_benchmark("query", tmp_path / "q", 4, (48, 56), seed=2))
+    cfg = SmallReferenceTrainConfig(requery_fraction=1.0, model=TINY)
+    videos, usable, _ = _decode_items(items, cfg, False)
+    # Every colour and shape as an option, as in any real split (160 videos show all 22 values);
+    # an option the vocabulary lacks makes ``example`` keep the stored question.
+    palette = [tuple(values[i:i + 4]) for values in (list(COLORS), list(SHAPES)) for i in range(0, len(values), 2)]
+    tokenizer = train_tokenizer([it.question for it in usable], [*(it.options for it in usable), *palette])
+    model, processor = build_small_reference(tokenizer, TINY)
+    steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
+    asked_about, changed = set(), 0
+    for item in usable * 10:
+        new, video = steps.example(item)
+        objects = [(e["color"], e["shape"]) for e in item.meta["events"]]
+        named = (new.meta["color"], new.meta["shape"])
+        value = 0 if new.meta["asked"] == "color" else 1
+        assert new.options[new.answer_index] == named[value]
+        assert set(new.options) <= {o[value] for o in objects} and len(set(new.options)) == 4
+        assert new.question == (f"What colour is the {named[1]}?" if value == 0 else f"What shape is the {named[0]} object?")
+        assert video.evidence_mask.tolist() == [o == named for o in video.objects] and video.evidence_mask.any()
+        asked_about.add((item.id, named))
+        changed += new.question != item.question
+    assert changed > 20 and len(asked_about) > 15  # many questions per video, not the stored one
+    steps.cfg = SmallReferenceTrainConfig(requery_fraction=0.0, model=TINY)
+    assert steps.example(usable[0]) == (usable[0], videos[str(usable[0].video)])

@@ -80,6 +80,14 @@ class SmallReferenceTrainConfig:
     """Stage 3 trains the vision tower too. Off by default: the language model then adapts to
     the tower's actual visual tokens without the tower forgetting the shapes stage 2 taught it
     (benchmarks/RESULTS.md)."""
+    requery_fraction: float = 0.75
+    """Share of the `query` examples of stages 1 and 3 that ask about another object of the same
+    video (a random object and attribute, ``refocus.data.synth.query.ask_about``) instead of the
+    stored question; the subset's evidence follows the new object. Every object of a
+    ``SYNTH_VERSION`` 2 video can be named, so a video holds up to 20 questions. Stage 1 on the
+    demo's 160 `query` videos memorises their stored questions: held-out 0.80 / 0.72 (K = 4 / 8)
+    with 0, 0.97 / 0.87 with 0.75 (benchmarks/RESULTS.md, "query v2"). 0 = the stored questions
+    only."""
     augment_rotations: bool = False
     """Also turn the vision stage's frames by random multiples of 90 degrees (besides the mirror
     and shift, ``refocus.reference.augment``). Off: objects are always drawn upright, and with
@@ -521,6 +529,7 @@ class _StageSteps:
         self.model, self.cfg, self.rng, self.videos, self.train_items = model, cfg, rng, videos, train_items
         self.prompts = _PromptCache(processor, cfg.model.tokens_per_image)
         self.letter_ids = _letter_ids(tokenizer)
+        self.vocab = tokenizer.get_vocab()
         self.answer_vocab = _AnswerVocab.from_items(train_items, tokenizer)
         p_neg = max(0.0, 1 - cfg.positive_fraction - cfg.partial_fraction)
         kind_p = np.array([cfg.positive_fraction, cfg.partial_fraction, p_neg])
@@ -550,6 +559,39 @@ class _StageSteps:
         items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
         return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
 
+    def example(self, item: QAItem) -> tuple[QAItem, _Video]:
+        """The item and its decoded video; for a `query` item, ``requery_fraction`` of the time a
+        question about another of its objects, with that object's frames as the evidence."""
+        import dataclasses
+
+        video = self.videos[str(item.video)]
+        events = item.meta.get("events") if item.category in ("query_color", "query_shape") else None
+        if not (events and video.objects and self.cfg.requery_fraction
+                and self.rng.random() < self.cfg.requery_fraction):
+            return item, video
+        from refocus.data.synth.query import ask_about, nameable_objects
+        from refocus.reference.small_model import option_line
+
+        objects = [(e["color"], e["shape"]) for e in events]
+        named = int(self.rng.choice(nameable_objects(objects)))
+        asked = "color" if self.rng.random() < 0.5 else "shape"
+        by = {"color": 0, "shape": 1}["shape" if asked == "color" else "color"]
+        if sum(o[by] == objects[named][by] for o in objects) > 1:  # the naming value must be unique
+            return item, video
+        question, options, answer = ask_about(self.rng, objects, named, asked)
+        mask = np.array([o == objects[named] for o in video.objects])
+        if not mask.any() or any(option_line(LETTERS[j], t) not in self.vocab for j, t in enumerate(options)):
+            return item, video
+        fps = float(item.meta.get("fps", SynthConfig.fps))
+        first, last = events[named]["frames"]
+        color, shape = objects[named]
+        asked_item = dataclasses.replace(
+            item, question=question, options=tuple(options), answer=LETTERS[answer],
+            evidence=((first / fps, (last + 1) / fps),), category=f"query_{asked}",
+            meta={**item.meta, "color": color, "shape": shape, "named": "shape" if asked == "color" else "color",
+                  "asked": asked})
+        return asked_item, dataclasses.replace(video, evidence_mask=mask, spans=[np.flatnonzero(mask)])
+
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
         """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
         time one of its other frames shows an option object (:func:`add_distractor`)."""
@@ -574,10 +616,11 @@ class _StageSteps:
 
     def align_step(self) -> tuple[torch.Tensor, float]:
         """Stage 1: the language model learns to answer from frames given as words."""
-        k, items_, kinds_ = self.draw_batch(self.described)
-        batch = []
-        for it, kind in zip(items_, kinds_, strict=True):
-            v = self.videos[str(it.video)]
+        k, drawn, kinds_ = self.draw_batch(self.described)
+        batch, items_ = [], []
+        for it, kind in zip(drawn, kinds_, strict=True):
+            it, v = self.example(it)
+            items_.append(it)
             batch.append((it, [v.objects[i] for i in self.subset(it, v, k, kind)]))
         hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
         return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch])
@@ -610,10 +653,11 @@ class _StageSteps:
 
     def joint_step(self) -> tuple[torch.Tensor, float]:
         """Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision)."""
-        k, items_, kinds_ = self.draw_batch(self.train_items)
-        batch, shown = [], []
-        for it, kind in zip(items_, kinds_, strict=True):
-            v = self.videos[str(it.video)]
+        k, drawn, kinds_ = self.draw_batch(self.train_items)
+        batch, shown, items_ = [], [], []
+        for it, kind in zip(drawn, kinds_, strict=True):
+            it, v = self.example(it)
+            items_.append(it)
             chosen = self.subset(it, v, k, kind)
             batch.append((it, v.frames[chosen]))
             shown.append([v.objects[i] for i in chosen] if v.objects else [])

@@ -80,6 +80,18 @@ def blind_ceiling(objects: list[tuple[str, str]], budget: int) -> float:
     return min(1.0, budget / len(nameable_objects(objects)))
 
 
+def ask_about(rng: np.random.Generator, objects: list[tuple[str, str]], named_index: int,
+              asked: str) -> tuple[str, list[str], int]:
+    """A question about ``objects[named_index]`` of a video holding the (colour, shape)
+    ``objects``: its text asking for the ``asked`` attribute, four shuffled options (the right
+    value and three values of other objects) and the answer's index. Used to ask more than the
+    one stored question about a video (the small reference model's ``requery_fraction``)."""
+    value = {"color": 0, "shape": 1}[asked]
+    others = [o[value] for j, o in enumerate(objects) if j != named_index]
+    options, answer = shuffled_options(rng, objects[named_index][value], pick(rng, others, NUM_OPTIONS - 1))
+    return question_text(asked, *objects[named_index]), options, answer
+
+
 def question_text(asked: str, color: str, shape: str) -> str:
     """The question asking for the ``asked`` attribute ("color" or "shape") of the object that
     is ``color`` ``shape``, naming it by the other attribute."""
