@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import LETTERS, QAItem
 from refocus.data.synth.common import COLORS, SHAPES, SynthConfig
+from refocus.data.synth.query import ATTRIBUTE_INDEX, OTHER_ATTRIBUTE, ask_about, nameable_objects
 from refocus.io import write_json
 from refocus.reference.augment import mirror_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
@@ -262,12 +263,10 @@ def shuffle_options(item: QAItem, rng: np.random.Generator) -> QAItem:
     Training on reshuffled options stops the model from memorising question -> letter and
     forces it to match what it sees to the option text.
     """
-    import dataclasses
-
     perm = rng.permutation(len(item.options))
     options = tuple(item.options[i] for i in perm)
     answer = LETTERS[int(np.flatnonzero(perm == item.answer_index)[0])]
-    return dataclasses.replace(item, options=options, answer=answer)
+    return replace(item, options=options, answer=answer)
 
 
 def _letter_ids(tokenizer) -> torch.Tensor:
@@ -562,20 +561,15 @@ class _StageSteps:
     def example(self, item: QAItem) -> tuple[QAItem, _Video]:
         """The item and its decoded video; for a `query` item, ``requery_fraction`` of the time a
         question about another of its objects, with that object's frames as the evidence."""
-        import dataclasses
-
         video = self.videos[str(item.video)]
         events = item.meta.get("events") if item.category in ("query_color", "query_shape") else None
         if not (events and video.objects and self.cfg.requery_fraction
                 and self.rng.random() < self.cfg.requery_fraction):
             return item, video
-        from refocus.data.synth.query import ask_about, nameable_objects
-        from refocus.reference.small_model import option_line
-
         objects = [(e["color"], e["shape"]) for e in events]
         named = int(self.rng.choice(nameable_objects(objects)))
         asked = "color" if self.rng.random() < 0.5 else "shape"
-        by = {"color": 0, "shape": 1}["shape" if asked == "color" else "color"]
+        by = ATTRIBUTE_INDEX[OTHER_ATTRIBUTE[asked]]
         if sum(o[by] == objects[named][by] for o in objects) > 1:  # the naming value must be unique
             return item, video
         question, options, answer = ask_about(self.rng, objects, named, asked)
@@ -585,12 +579,11 @@ class _StageSteps:
         fps = float(item.meta.get("fps", SynthConfig.fps))
         first, last = events[named]["frames"]
         color, shape = objects[named]
-        asked_item = dataclasses.replace(
+        asked_item = replace(
             item, question=question, options=tuple(options), answer=LETTERS[answer],
             evidence=((first / fps, (last + 1) / fps),), category=f"query_{asked}",
-            meta={**item.meta, "color": color, "shape": shape, "named": "shape" if asked == "color" else "color",
-                  "asked": asked})
-        return asked_item, dataclasses.replace(video, evidence_mask=mask, spans=[np.flatnonzero(mask)])
+            meta={**item.meta, "color": color, "shape": shape, "named": OTHER_ATTRIBUTE[asked], "asked": asked})
+        return asked_item, replace(video, evidence_mask=mask, spans=[np.flatnonzero(mask)])
 
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
         """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the

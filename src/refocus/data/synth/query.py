@@ -39,6 +39,10 @@ from refocus.data.synth.common import (
 )
 
 CATEGORIES = ("query_color", "query_shape")
+ATTRIBUTE_INDEX = {"color": 0, "shape": 1}
+"""Position of each attribute in a (colour, shape) object."""
+OTHER_ATTRIBUTE = {"color": "shape", "shape": "color"}
+"""The attribute that names the object when the question asks for the other one."""
 NUM_OBJECTS = 10
 """Objects per video; at most the number of shapes (every object has its own shape)."""
 assert NUM_OBJECTS <= min(len(COLORS), len(SHAPES))
@@ -53,14 +57,12 @@ def plan_query(rng: np.random.Generator, num_frames: int, index: int, cfg: Synth
     objects = list(zip(pick(rng, COLORS, NUM_OBJECTS), pick(rng, SHAPES, NUM_OBJECTS), strict=True))
     named_index = int(rng.integers(NUM_OBJECTS))
     color, shape = objects[named_index]
-    asked, named = ("color", "shape") if category == "query_color" else ("shape", "color")
-    value = {"color": 0, "shape": 1}[asked]
-    others = [o[value] for j, o in enumerate(objects) if j != named_index]
-    distractors = pick(rng, others, NUM_OPTIONS - 1)
+    asked = "color" if category == "query_color" else "shape"
+    distractors = distractor_values(rng, objects, named_index, asked)
     events = place_objects(rng, num_frames, objects, cfg)
-    options, answer = shuffled_options(rng, objects[named_index][value], distractors)
+    options, answer = shuffled_options(rng, objects[named_index][ATTRIBUTE_INDEX[asked]], distractors)
     question = question_text(asked, color, shape)
-    meta = events_meta(num_frames, events, color=color, shape=shape, named=named, asked=asked)
+    meta = events_meta(num_frames, events, color=color, shape=shape, named=OTHER_ATTRIBUTE[asked], asked=asked)
     return Sample(num_frames, events, question, options, answer, category, [named_index], meta)
 
 
@@ -80,15 +82,22 @@ def blind_ceiling(objects: list[tuple[str, str]], budget: int) -> float:
     return min(1.0, budget / len(nameable_objects(objects)))
 
 
+def distractor_values(rng: np.random.Generator, objects: list[tuple[str, str]], named_index: int,
+                      asked: str) -> list[str]:
+    """The wrong options of a question about ``objects[named_index]``: ``NUM_OPTIONS - 1`` values
+    of the ``asked`` attribute ("color" or "shape") that other objects of the video have."""
+    value = ATTRIBUTE_INDEX[asked]
+    return pick(rng, [o[value] for j, o in enumerate(objects) if j != named_index], NUM_OPTIONS - 1)
+
+
 def ask_about(rng: np.random.Generator, objects: list[tuple[str, str]], named_index: int,
               asked: str) -> tuple[str, list[str], int]:
     """A question about ``objects[named_index]`` of a video holding the (colour, shape)
     ``objects``: its text asking for the ``asked`` attribute, four shuffled options (the right
-    value and three values of other objects) and the answer's index. Used to ask more than the
-    one stored question about a video (the small reference model's ``requery_fraction``)."""
-    value = {"color": 0, "shape": 1}[asked]
-    others = [o[value] for j, o in enumerate(objects) if j != named_index]
-    options, answer = shuffled_options(rng, objects[named_index][value], pick(rng, others, NUM_OPTIONS - 1))
+    value and :func:`distractor_values`) and the answer's index. Used to ask more than the one
+    stored question about a video (the small reference model's ``requery_fraction``)."""
+    distractors = distractor_values(rng, objects, named_index, asked)
+    options, answer = shuffled_options(rng, objects[named_index][ATTRIBUTE_INDEX[asked]], distractors)
     return question_text(asked, *objects[named_index]), options, answer
 
 
