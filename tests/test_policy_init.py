@@ -216,3 +216,41 @@ def test_misspelled_keys_at_any_level_name_the_key_and_file(tmp_path, capsys):
         assert str(exc.value).startswith(str(path)) and key.split(".")[-1] in str(exc.value), body
         assert key in str(exc.value) or key == "num_generation"
         assert main(["policy", "init", "--config", str(path), "--out", str(tmp_path / "p")]) == 1
+
+
+def test_language_from_reference_starts_in_the_references_word_space(tmp_path, bench, reference_dir):
+    """`language_from_reference`: the fresh backbone takes the reference's input embeddings and
+    projector, so a frame's projected features are the reference's own image tokens (the space its
+    word embeddings live in), and trains; a wrong width or a pretrained backbone is refused."""
+    from refocus.policy.build import init_policy
+    from refocus.reference import load_reference
+    from refocus.reference.small_training import _image_tokens
+
+    ref = load_reference(reference_dir, device="cpu", dtype="float32")
+    torch.manual_seed(0)
+    policy, tok, provenance = init_policy(
+        reference=ref, vision_from_reference=True, language_from_reference=True,
+        overrides={"backbone_config": {"num_hidden_layers": 2, "num_heads": 4, "head_dim": 16, "state_size": 8}},
+    )
+    assert provenance["language"] == "reference" and len(tok) == len(ref.processor.tokenizer)
+    words = ref.model.get_input_embeddings().weight
+    assert policy.config.backbone_hidden_size == words.shape[1] == 32
+    assert torch.equal(policy.backbone.embeddings.weight[: words.shape[0]], words)
+    frames = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8).numpy()
+    with torch.no_grad():
+        ours = policy.projector(policy.encode_frames(frames))
+        pixels = ref.processor.image_processor(list(frames), return_tensors="pt")["pixel_values"]
+        theirs = _image_tokens(ref.model, pixels)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+    with pytest.raises(ConfigError, match="hidden_size 64"):
+        init_policy(reference=ref, vision_from_reference=True, language_from_reference=True,
+                    overrides={"backbone_config": {"hidden_size": 64, "num_heads": 8, "head_dim": 16}})
+    with pytest.raises(ConfigError, match="fresh backbone"):
+        init_policy(reference=ref, backbone="any", language_from_reference=True)
+
+    cfg = _train_yaml(tmp_path, vision_from_reference=True, language_from_reference=True,
+                      backbone_config={"num_hidden_layers": 2, "num_heads": 4, "head_dim": 16, "state_size": 8})
+    assert main(["train", "--data", str(bench), "--reference", str(reference_dir), "--config", str(cfg),
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["nonfinite_steps"] == 0

@@ -16,6 +16,13 @@ Mamba2 language model whose LM head is removed and whose last two blocks are re-
 
 The last ``num_reinit_layers`` blocks are re-initialised here, once, and only over a pretrained
 language model; a saved policy (``refocus train --policy DIR``) is loaded as it is.
+
+Without a pretrained backbone (the CPU-sized runs), ``language_from_reference`` stands in for
+the paper's starting point: its policy begins as an SFT video-LLM (Video-MA²mba, §4), whose
+word embeddings and projector already place a frame and the words that describe it close
+together. The reference model is the only such model a CPU run has, so the fresh backbone takes
+its input embeddings and its projector (:func:`reference_language`); the Mamba2 blocks, the
+heads and everything after stay fresh.
 """
 
 from __future__ import annotations
@@ -323,6 +330,56 @@ def load_tokenizer(backbone: str | Path | None, tokenizer: str | Path | None):
 # ---------------------------------------------------------------------------- the policy
 
 
+def reference_language(reference: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(input embedding table, projector state dict or None) of a loaded reference model.
+
+    The projector is read where it is a LLaVA-style ``multi_modal_projector`` (``linear_1``, GELU,
+    ``linear_2``: the small reference model's), renamed to the policy's ``mlp2x_gelu`` indices
+    0 and 2; other projectors (InternVL's has a LayerNorm first, Qwen2.5-VL's merger lives in
+    the tower) are not the policy's shape, so only the embeddings are given (None).
+    """
+    model = reference.model
+    embeddings = model.get_input_embeddings().weight.detach()
+    inner = getattr(model, "model", model)
+    projector = getattr(inner, "multi_modal_projector", None)
+    names = {name for name, _ in projector.named_children()} if projector is not None else set()
+    if names != {"linear_1", "act", "linear_2"} or type(projector.act).__name__ not in ("GELUActivation", "GELU"):
+        return embeddings, None
+    state = {
+        f"{index}.{part}": getattr(getattr(projector, layer), part).detach()
+        for index, layer in ((0, "linear_1"), (2, "linear_2")) for part in ("weight", "bias")
+    }
+    return embeddings, state
+
+
+def _load_language(policy: Any, embeddings: Any, projector: dict[str, Any] | None) -> None:
+    """Copy the reference's embeddings (and projector) into a new policy; shapes must agree."""
+    import torch
+
+    own = policy.backbone.embeddings.weight
+    if own.shape[1] != embeddings.shape[1]:
+        raise ConfigError(
+            f"language_from_reference: the reference's text width is {embeddings.shape[1]}, the policy's "
+            f"backbone_config.hidden_size {own.shape[1]} (leave it out to take the reference's)"
+        )
+    if own.shape[0] < embeddings.shape[0]:
+        raise ConfigError(
+            f"language_from_reference: the reference has {embeddings.shape[0]} token embeddings, the policy "
+            f"vocabulary {own.shape[0]} (use the reference's tokenizer)"
+        )
+    with torch.no_grad():
+        own[: embeddings.shape[0]].copy_(embeddings.to(own.dtype))
+        if projector is not None:
+            if policy.config.projector_type not in ("mlp", "mlp2x_gelu"):
+                raise ConfigError(
+                    "language_from_reference copies the reference's two-layer GELU projector: "
+                    f"projector_type must be 'mlp' or 'mlp2x_gelu', got {policy.config.projector_type!r}"
+                )
+            policy.projector.load_state_dict(projector, strict=True)
+
+
+
+
 def init_policy(
     vision: str | Path | None = None,
     backbone: str | Path | None = None,
@@ -330,6 +387,7 @@ def init_policy(
     overrides: Mapping[str, Any] | None = None,
     reference: Any = None,
     vision_from_reference: bool = False,
+    language_from_reference: bool = False,
 ):
     """Build a new policy from parts; returns ``(policy, tokenizer, provenance dict)``.
 
@@ -337,6 +395,9 @@ def init_policy(
     ``vision_from_reference``, else a random tower from ``overrides["vision_config"]``.
     ``backbone``: a Mamba2 checkpoint dir, or None for a fresh backbone from
     ``overrides["backbone_config"]`` whose vocabulary is ``tokenizer``'s (or the reference's).
+    ``language_from_reference`` (no ``backbone``): the fresh backbone's input embeddings, and its
+    projector where the reference's has the same shape, are copied from the ``reference`` model
+    (:func:`reference_language`); the backbone width defaults to the reference's text width.
     ``overrides``: FramePolicyConfig fields; they win over what the checkpoints imply.
     """
     from refocus.policy.configuration import FramePolicyConfig
@@ -347,6 +408,10 @@ def init_policy(
     vision_state, provenance = None, {"vision": None, "backbone": None, "reinitialised_blocks": []}
     if vision is not None and vision_from_reference:
         raise ConfigError("set policy.vision_model or policy.vision_from_reference, not both")
+    if language_from_reference and backbone is not None:
+        raise ConfigError("policy.language_from_reference is for a fresh backbone: leave out backbone_model")
+    if language_from_reference and reference is None:
+        raise ConfigError("policy.language_from_reference needs a reference model")
     if vision is not None:
         implied, tower_config, vision_state = vision_source(vision)
         values |= implied | {"vision_config": tower_config}
@@ -360,7 +425,12 @@ def init_policy(
         provenance["vision"] = "reference"
     if isinstance(tokenizer, str | Path) or tokenizer is None:
         tokenizer = load_tokenizer(backbone, tokenizer) if backbone or tokenizer else None
-    backbone_state = None
+    backbone_state, language = None, None
+    if language_from_reference:
+        language = reference_language(reference)
+        provenance["language"] = "reference" if language[1] is not None else "reference (embeddings only)"
+        user = overrides.get("backbone_config") or {}
+        overrides["backbone_config"] = {"hidden_size": int(language[0].shape[1]), **user}
     if backbone is not None:
         backbone_config, backbone_state = backbone_source(backbone)
         user = overrides.pop("backbone_config", None) or {}
@@ -383,6 +453,8 @@ def init_policy(
     policy = FramePolicy(config)
     if vision_state is not None:
         policy.load_vision_tower(vision_state)
+    if language is not None:
+        _load_language(policy, *language)
     if backbone_state is not None:
         policy.init_from_pretrained_backbone(backbone_state)  # B.2: fresh last blocks, gamma 0.1
         n = config.num_reinit_layers
@@ -442,8 +514,9 @@ def init_from_config(
     given = {"vision_model": vision, "backbone_model": backbone, "tokenizer": tokenizer}
     section.update({k: str(v) for k, v in given.items() if v is not None})
     raise_if_missing({"policy": section}, str(config or "refocus policy init"))
-    if section.pop("vision_from_reference", False):
-        raise ConfigError("refocus policy init has no reference model: use --vision (vision_from_reference is for training)")
+    for key, instead in (("vision_from_reference", "use --vision"), ("language_from_reference", "leave it out")):
+        if section.pop(key, False):
+            raise ConfigError(f"refocus policy init has no reference model: {instead} ({key} is for training)")
     parts = {k: section.pop(k, None) for k in given}
     torch.manual_seed(seed)  # the fresh weights (projector, heads, re-initialised blocks)
     policy, tok, provenance = init_policy(

@@ -32,7 +32,9 @@ QUESTION_FIRST_PROMPT = "{question}{frames}{question}"
 
 # Keys of a training config's ``policy:`` section that say where the parts come from; they are
 # not FramePolicyConfig fields (see refocus.policy.build).
-BUILD_KEYS = ("vision_model", "backbone_model", "tokenizer", "vision_from_reference")
+BUILD_KEYS = (
+    "vision_model", "backbone_model", "tokenizer", "vision_from_reference", "language_from_reference",
+)
 
 # A tiny SigLIP-compatible tower: 64 px frames, 16 px patches -> 4 x 4 = 16 tokens per frame.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {

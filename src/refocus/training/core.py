@@ -52,8 +52,8 @@ def build_policy(cfg: TrainerConfig, reference):
     re-initialisation happened once, when it was built from a pretrained language model).
     Otherwise a new one from the parts named in ``cfg.policy`` (``vision_model``,
     ``backbone_model``, ``tokenizer``; see :func:`refocus.policy.build.init_policy`): the
-    encoder comes from the reference model only with ``vision_from_reference: true``, the
-    tokenizer from the backbone (else ``tokenizer``, else the reference's).
+    encoder comes from the reference model only with ``vision_from_reference: true``, the input
+    embeddings and projector only with ``language_from_reference: true``, the tokenizer from the backbone (else ``tokenizer``, else the reference's).
     """
     from transformers import AutoTokenizer
 
@@ -66,9 +66,11 @@ def build_policy(cfg: TrainerConfig, reference):
     overrides = dict(cfg.policy)
     parts = {key: overrides.pop(key, None) for key in ("vision_model", "backbone_model", "tokenizer")}
     from_reference = bool(overrides.pop("vision_from_reference", False))
+    language = bool(overrides.pop("language_from_reference", False))
     policy, tokenizer, _ = init_policy(
         vision=parts["vision_model"], backbone=parts["backbone_model"], tokenizer=parts["tokenizer"],
         overrides=overrides, reference=reference, vision_from_reference=from_reference,
+        language_from_reference=language,
     )
     return policy, tokenizer
 
