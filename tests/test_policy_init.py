@@ -230,11 +230,12 @@ def test_language_from_reference_starts_in_the_references_word_space(tmp_path, b
     torch.manual_seed(0)
     policy, tok, provenance = init_policy(
         reference=ref, vision_from_reference=True, language_from_reference=True,
-        overrides={"backbone_config": {"num_hidden_layers": 2, "num_heads": 4, "head_dim": 16, "state_size": 8}},
+        overrides={"backbone_config": {"num_hidden_layers": 2, "head_dim": 16, "state_size": 8}},
     )
     assert provenance["language"] == "reference" and len(tok) == len(ref.processor.tokenizer)
     words = ref.model.get_input_embeddings().weight
     assert policy.config.backbone_hidden_size == words.shape[1] == 32
+    assert policy.config.backbone_config["num_heads"] == 2 * 32 // 16
     assert torch.equal(policy.backbone.embeddings.weight[: words.shape[0]], words)
     frames = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8).numpy()
     with torch.no_grad():

@@ -35,11 +35,12 @@ from refocus.voyager.ranking import (
 )
 from refocus.voyager.train import VoyagerTrainer, run_voyager, train_voyager
 
-TINY_POLICY = {
+TINY_POLICY = {  # as configs/voyager.yaml: tower, word embeddings and projector from the reference
     "vision_from_reference": True,
+    "language_from_reference": True,
     "tokens_per_frame": 1,
     "head_dim": 8,
-    "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8, "state_size": 8},
+    "backbone_config": {"num_hidden_layers": 2, "head_dim": 8, "state_size": 8},
 }
 TINY_COLLECT = CollectConfig(combination_size=2, clip_length=8, max_combinations=6)
 

@@ -39,9 +39,8 @@ from refocus.io import write_json
 TASKS = ("query", "niah", "multi")
 TASK_BUDGET = {"query": 4, "niah": 8, "multi": 8}
 """Frames every selector may pick at evaluation (T') per task: 4 for ``query`` (the budget at
-which one frame of each of K random objects misses the named object 2 times in 3; a selector
-that knows which objects have a unique attribute does not miss it, see
-``refocus.data.synth.query``), 8 otherwise."""
+which a question-blind selector, one frame of each of 4 of the 10 objects, holds the named one
+at most 0.40 of the time: ``benchmarks/query_blind_ceiling.py``), 8 otherwise."""
 REFERENCE_SEED_OFFSET = 2
 HELDOUT_SEED_OFFSET = 1
 

@@ -352,6 +352,19 @@ def reference_language(reference: Any) -> tuple[Any, dict[str, Any] | None]:
     return embeddings, state
 
 
+def _reference_width(backbone_config: Mapping[str, Any], width: int) -> dict[str, Any]:
+    """``backbone_config`` with ``hidden_size`` defaulting to the reference's text ``width`` and
+    ``num_heads`` to what fills Mamba2's inner width (``expand * hidden_size / head_dim``)."""
+    from transformers import Mamba2Config
+
+    config = {"hidden_size": int(width), **backbone_config}
+    if "num_heads" not in config:
+        defaults = Mamba2Config()
+        inner = int(config.get("expand", defaults.expand)) * int(config["hidden_size"])
+        config["num_heads"] = max(1, inner // int(config.get("head_dim", defaults.head_dim)))
+    return config
+
+
 def _load_language(policy: Any, embeddings: Any, projector: dict[str, Any] | None) -> None:
     """Copy the reference's embeddings (and projector) into a new policy; shapes must agree."""
     import torch
@@ -397,7 +410,8 @@ def init_policy(
     ``overrides["backbone_config"]`` whose vocabulary is ``tokenizer``'s (or the reference's).
     ``language_from_reference`` (no ``backbone``): the fresh backbone's input embeddings, and its
     projector where the reference's has the same shape, are copied from the ``reference`` model
-    (:func:`reference_language`); the backbone width defaults to the reference's text width.
+    (:func:`reference_language`); the backbone width defaults to the reference's text width and
+    ``num_heads`` to what fills Mamba2's inner width.
     ``overrides``: FramePolicyConfig fields; they win over what the checkpoints imply.
     """
     from refocus.policy.configuration import FramePolicyConfig
@@ -429,8 +443,7 @@ def init_policy(
     if language_from_reference:
         language = reference_language(reference)
         provenance["language"] = "reference" if language[1] is not None else "reference (embeddings only)"
-        user = overrides.get("backbone_config") or {}
-        overrides["backbone_config"] = {"hidden_size": int(language[0].shape[1]), **user}
+        overrides["backbone_config"] = _reference_width(overrides.get("backbone_config") or {}, language[0].shape[1])
     if backbone is not None:
         backbone_config, backbone_state = backbone_source(backbone)
         user = overrides.pop("backbone_config", None) or {}
