@@ -3,7 +3,10 @@
 GRPO on `query` raises the policy's training reward while held-out recall stays at uniform's
 level (benchmarks/RESULTS.md, "Issue 19: the policy on `query`"). This study takes the reward
 out of the question: it trains the same policy (``configs/tiny.yaml`` and its ``policy:``
-section, the vision tower copied from ``--reference``, frozen) by **behaviour cloning**, the
+section: the vision tower copied from ``--reference`` and frozen, and since 2026-12-07 its word
+embeddings and projector too, ``language_from_reference``; ``--set
+language_from_reference=false --set "backbone_config={hidden_size: 64, num_heads: 8}"`` is the
+earlier fresh policy) by **behaviour cloning**, the
 log-probability of one evidence frame (a random frame of the named object) at the first
 selection step, and reports greedy named-object recall at ``--budget`` on training and
 held-out questions as it goes.
