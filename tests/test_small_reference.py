@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,6 +68,9 @@ def test_fast_prompt_and_pixels_equal_the_processor(qa):
     for j, end in enumerate(ends):
         assert tok.convert_ids_to_tokens(ids[end]) == f"{'ABCD'[j]}. {items[0].options[j]}"
     assert tok.convert_tokens_to_ids("A") != tok.unk_token_id  # letters are single tokens
+    # the cache is keyed on the prompt's text: another question about the same item is its own prompt
+    other = dataclasses.replace(items[0], question=items[1].question)
+    assert other.question != items[0].question and cache.encode(other, 3)[0] != ids
 
 
 def test_shuffle_options_keeps_the_answer_text(qa):

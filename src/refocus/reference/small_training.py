@@ -243,7 +243,8 @@ class _PromptCache:
 
     def encode(self, item: QAItem, k: int) -> tuple[list[int], list[int]]:
         """Token ids and, per option, the index of its last text token."""
-        key = (item.id, item.options, k)
+        key = (item.question, item.options, k)  # what the prompt is built from (not the id:
+        # ``requery_fraction`` asks several questions about one item)
         if key not in self._ids:
             text = render_prompt(self.processor, build_prompt_messages(item, k))
             text = text.replace("<image>", "<image>" * self.tokens_per_image)
