@@ -391,8 +391,6 @@ def _load_language(policy: Any, embeddings: Any, projector: dict[str, Any] | Non
             policy.projector.load_state_dict(projector, strict=True)
 
 
-
-
 def init_policy(
     vision: str | Path | None = None,
     backbone: str | Path | None = None,

@@ -53,7 +53,8 @@ def build_policy(cfg: TrainerConfig, reference):
     Otherwise a new one from the parts named in ``cfg.policy`` (``vision_model``,
     ``backbone_model``, ``tokenizer``; see :func:`refocus.policy.build.init_policy`): the
     encoder comes from the reference model only with ``vision_from_reference: true``, the input
-    embeddings and projector only with ``language_from_reference: true``, the tokenizer from the backbone (else ``tokenizer``, else the reference's).
+    embeddings and projector only with ``language_from_reference: true``, the tokenizer from the
+    backbone (else ``tokenizer``, else the reference's).
     """
     from transformers import AutoTokenizer
 
