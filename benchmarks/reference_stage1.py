@@ -65,7 +65,8 @@ def main() -> None:
     videos, usable, _ = st._decode_items(train + held, cfg, False)
     train_u = [it for it in usable if id(it) not in held_ids]
     held_u = [it for it in usable if id(it) in held_ids]
-    tok = train_tokenizer([it.question for it in train_u], [it.options for it in train_u])
+    palette = st.multi_option_palette() if any(it.category in st.MULTI_CATEGORIES for it in train_u) else []
+    tok = train_tokenizer([it.question for it in train_u], [*(it.options for it in train_u), *palette])
     model, proc = build_small_reference(tok, cfg.model)
     if cfg.compose_option_embeddings:
         st.compose_option_embeddings(model, tok)

@@ -288,3 +288,67 @@ def test_requery_asks_about_another_object_and_moves_the_evidence_with_it(tmp_pa
     assert changed > 20 and len(asked_about) > 15  # many questions per video, not the stored one
     steps.cfg = SmallReferenceTrainConfig(requery_fraction=0.0, model=TINY)
     assert steps.example(usable[0]) == (usable[0], videos[str(usable[0].video)])
+
+
+def test_fresh_plan_draws_a_new_multi_question_of_the_same_category_and_length(tmp_path):
+    """``fresh_plan_fraction``: a stage-1 `multi` example is a new plan of the same category on
+    the decoded video's frames: the objects its frames show, its evidence and its answer agree
+    with the plan, and it differs from the stored question most of the time."""
+    from refocus.reference.small_training import _decode_items, _StageSteps, multi_option_palette
+
+    items = load_questions(make_benchmark("multi", tmp_path / "m", 6, (40, 48), seed=3))
+    cfg = SmallReferenceTrainConfig(fresh_plan_fraction=1.0, model=TINY)
+    videos, usable, _ = _decode_items(items, cfg, False)
+    tokenizer = train_tokenizer([it.question for it in usable], [*(it.options for it in usable), *multi_option_palette()])
+    model, processor = build_small_reference(tokenizer, TINY)
+    steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
+    changed = 0
+    for item in usable * 5:
+        stored = videos[str(item.video)]
+        new, video = steps.fresh_plan(item, stored)
+        assert new.category == item.category and len(video.objects) == len(stored.frames)
+        events = new.meta["events"]
+        objects = [o for o in video.objects if o is not None]
+        assert {(e["color"], e["shape"]) for e in events} == set(objects)
+        assert video.evidence_mask.sum() == sum(len(s) for s in video.spans) > 0
+        answer = new.options[new.answer_index]
+        if new.category == "count":
+            target = tuple(new.meta["target"].split())
+            assert int(answer) == sum(1 for e in events if (e["color"], e["shape"]) == target)
+            assert all(video.objects[i] == target for i in np.flatnonzero(video.evidence_mask))
+        elif new.category == "order":
+            shown = [e for e in sorted(events, key=lambda e: e["frames"][0])]
+            pick = shown[0] if new.meta["which"] == "first" else shown[-1]
+            assert answer == f"the {pick['color']} {pick['shape']}"
+        changed += new.question != item.question or new.answer != item.answer
+    assert changed > len(usable)
+    steps.cfg = SmallReferenceTrainConfig(fresh_plan_fraction=0.0, model=TINY)
+    assert steps.fresh_plan(usable[0], videos[str(usable[0].video)])[0] is usable[0]
+
+
+def test_multi_option_targets_by_hand():
+    """Order: rank of each object's first shown appearance ("clutter" = index 0 when unseen);
+    compare: separate appearances, consecutive shown frames of one object counting once."""
+    from refocus.data.questions import QAItem
+    from refocus.reference.small_training import (
+        MULTI_TARGET_WORDS,
+        multi_option_targets,
+        shown_runs,
+    )
+
+    red, blue, cyan = ("red", "star"), ("blue", "circle"), ("cyan", "cross")
+    shown = [None, blue, blue, None, red, blue, None, red]
+    assert shown_runs(shown) == [blue, red, blue, red]
+    order = QAItem(id="o", video="v.mp4", question="Which of these appeared first in the video?",
+                   options=("the red star", "the cyan cross", "the blue circle", "the green square"),
+                   answer="C", category="order")
+    assert multi_option_targets(order, shown) == {0: 2, 1: 0, 2: 1, 3: 0}
+    compare = QAItem(id="c", video="v.mp4", question="Which appeared more times in the video: the blue circle or "
+                     "the red star?", options=("they appeared equally often", "the red star", "the blue circle"),
+                     answer="A", category="compare")
+    assert multi_option_targets(compare, shown) == {1: 2, 2: 2}
+    assert multi_option_targets(compare, [red, red, None, cyan]) == {1: 1, 2: 0}
+    count = QAItem(id="n", video="v.mp4", question="How many times does a red star appear in the video?",
+                   options=("1", "2", "3", "4"), answer="B", category="count")
+    assert multi_option_targets(count, shown) == {}
+    assert MULTI_TARGET_WORDS[0] == "clutter"

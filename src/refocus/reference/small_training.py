@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import LETTERS, QAItem
-from refocus.data.synth.common import COLORS, SHAPES, SynthConfig
+from refocus.data.synth.common import BASIC_COLORS, BASIC_SHAPES, COLORS, SHAPES, SynthConfig
+from refocus.data.synth.multi import CATEGORIES as MULTI_CATEGORIES
+from refocus.data.synth.multi import EQUAL, plan_multi
 from refocus.data.synth.query import ATTRIBUTE_INDEX, OTHER_ATTRIBUTE, ask_about, nameable_objects
 from refocus.io import write_json
 from refocus.reference.augment import mirror_shift, paste_objects, permute_channels
@@ -89,6 +91,17 @@ class SmallReferenceTrainConfig:
     demo's 160 `query` videos memorises their stored questions: held-out 0.80 / 0.72 (K = 4 / 8)
     with 0, 0.97 / 0.87 with 0.75 (benchmarks/RESULTS.md, "query v2"). 0 = the stored questions
     only."""
+    fresh_plan_fraction: float = 0.0
+    """Share of the stage-1 examples of `multi` items (order / count / compare) that replace the
+    item by a freshly planned video of the same length and category: events and question drawn
+    anew by ``refocus synth multi``'s planner and never rendered, since stage 1 reads frames as
+    words. Stage 1 memorises a split's stored `multi` questions instead of learning the task
+    (benchmarks/RESULTS.md, "multi: fresh plans"). 0 = the stored questions only."""
+    multi_option_targets: bool = False
+    """Add the `multi` counterpart of the option-evidence target (weighted by
+    ``option_evidence_weight``): at each object option of an `order` question, the rank of its
+    first appearance among the shown objects; of a `compare` question, how many separate
+    appearances the shown frames hold (:func:`multi_option_targets`)."""
     augment_rotations: bool = False
     """Also turn the vision stage's frames by random multiples of 90 degrees (besides the mirror
     and shift, ``refocus.reference.augment``). Off: objects are always drawn upright, and with
@@ -132,6 +145,8 @@ class _Video:
     objects: list[tuple[str, str] | None] = field(default_factory=list)
     """Per decoded frame, the (colour, shape) of the object shown, or None (haystack only);
     empty when the item does not describe its objects (real benchmarks)."""
+    timestamps: np.ndarray | None = None
+    """Seconds of each decoded frame (where a fresh plan's events must be placed)."""
 
 
 def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
@@ -155,6 +170,14 @@ def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] 
         for i in np.flatnonzero((source >= first) & (source <= last)):
             out[int(i)] = obj
     return out
+
+
+def multi_option_palette() -> list[tuple[str, ...]]:
+    """Every option text a `multi` question can have (each object, "they appeared equally
+    often", the counts), in option lists for :func:`train_tokenizer`: the vocabulary then holds
+    every option line of a held-out or freshly planned question, not only the split's."""
+    objects = [f"the {c} {s}" for c in BASIC_COLORS for s in BASIC_SHAPES]
+    return [tuple(objects[i:i + 4]) for i in range(0, len(objects), 4)] + [(EQUAL, "1", "2", "3", "4")]
 
 
 def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
@@ -373,6 +396,62 @@ def _option_evidence_loss(model, hidden, option_pos, items, shown, word_ids: dic
     return F.cross_entropy(logits, torch.from_numpy(np.stack(targets)).float())
 
 
+MULTI_TARGET_WORDS = ("clutter", "1", "2", "3", "4")
+"""Read-out words of the `multi` option targets (:func:`multi_option_targets`)."""
+
+
+def shown_runs(shown: list[tuple[str, str] | None]) -> list[tuple[str, str]]:
+    """The objects of the shown frames with consecutive repeats merged: what the frames, in
+    order, can tell apart as separate appearances."""
+    runs: list[tuple[str, str]] = []
+    prev = None
+    for obj in shown:
+        if obj is not None and obj != prev:
+            runs.append(obj)
+        prev = obj
+    return runs
+
+
+def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> dict[int, int]:
+    """What the shown frames say about each object option of an `order` or `compare` question:
+    {option index: index into :data:`MULTI_TARGET_WORDS`}.
+
+    ``order``: the rank of the object's first appearance among the shown objects ("1" first);
+    ``compare``: how many separate appearances of it the frames show (at most 4); "clutter"
+    when none. The counterpart of :func:`option_evidence_targets` for questions that need
+    several frames: the first hop (what the frames say about each option), supervised where
+    the answer alone is a hard target to reach (benchmarks/RESULTS.md, "multi: fresh plans")."""
+    if item.category not in ("order", "compare") or not shown:
+        return {}
+    runs = shown_runs(shown)
+    out: dict[int, int] = {}
+    for j, text in enumerate(item.options):
+        parts = text.split()
+        if len(parts) != 3 or parts[0] != "the":
+            continue
+        obj = (parts[1], parts[2])
+        if item.category == "order":
+            firsts = list(dict.fromkeys(runs))
+            out[j] = firsts.index(obj) + 1 if obj in firsts else 0
+        else:
+            out[j] = min(runs.count(obj), 4)
+    return out
+
+
+def _multi_option_loss(model, hidden, option_pos, items, shown, vocab: dict[str, int]) -> torch.Tensor | None:
+    """Cross-entropy of the object options' read-out against :func:`multi_option_targets`."""
+    rows, cols, targets = [], [], []
+    for i, (item, objs) in enumerate(zip(items, shown, strict=True)):
+        for j, target in multi_option_targets(item, objs).items():
+            rows.append(i)
+            cols.append(option_pos[i][j])
+            targets.append(target)
+    if not rows or not all(w in vocab for w in MULTI_TARGET_WORDS):
+        return None
+    logits = model.lm_head(hidden[rows, cols]).float()[:, torch.tensor([vocab[w] for w in MULTI_TARGET_WORDS])]
+    return F.cross_entropy(logits, torch.tensor(targets))
+
+
 def _frame_words(obj: tuple[str, str] | None) -> list[str]:
     """The words a frame stands for in stage 1: its object's colour and shape, or "clutter"."""
     return ["clutter"] if obj is None else [obj[0], obj[1]]
@@ -507,7 +586,7 @@ def _decode_items(items: list[QAItem], cfg: SmallReferenceTrainConfig, progress:
             if mask is None:
                 mask = np.zeros(len(dv.frames), dtype=bool)
             videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence),
-                                 frame_objects(item, dv.timestamps))
+                                 frame_objects(item, dv.timestamps), np.asarray(dv.timestamps))
         if not item.evidence:
             skipped.append({"id": item.id, "reason": "no evidence spans"})
             continue
@@ -586,6 +665,29 @@ class _StageSteps:
             meta={**item.meta, "color": color, "shape": shape, "named": OTHER_ATTRIBUTE[asked], "asked": asked})
         return asked_item, replace(video, evidence_mask=mask, spans=[np.flatnonzero(mask)])
 
+    def fresh_plan(self, item: QAItem, video: _Video) -> tuple[QAItem, _Video]:
+        """For a `multi` item, ``fresh_plan_fraction`` of the time a new video of the same length
+        and category (:func:`refocus.data.synth.multi.plan_multi`), as stage 1 sees it: the
+        objects of the decoded frames, the evidence and a new question. Otherwise, or when an
+        option line of the new question is not in the vocabulary, the item as it is."""
+        fraction = self.cfg.fresh_plan_fraction
+        if not (item.category in MULTI_CATEGORIES and video.timestamps is not None and "num_frames" in item.meta
+                and fraction and self.rng.random() < fraction):
+            return item, video
+        fps = float(item.meta.get("fps", SynthConfig.fps))
+        sample = plan_multi(self.rng, int(item.meta["num_frames"]), MULTI_CATEGORIES.index(item.category),
+                            SynthConfig(fps=fps))
+        if any(option_line(LETTERS[j], t) not in self.vocab for j, t in enumerate(sample.options)):
+            return item, video
+        fresh = replace(item, question=sample.question, options=tuple(sample.options),
+                        answer=LETTERS[sample.answer_index],
+                        evidence=tuple(sample.events[j].span(fps) for j in sample.evidence),
+                        meta={**sample.meta, "fps": fps})
+        ts = video.timestamps
+        mask = evidence_frame_mask(ts, fresh.evidence)
+        return fresh, _Video(video.frames, mask if mask is not None else np.zeros(len(ts), dtype=bool),
+                             evidence_spans_frames(ts, fresh.evidence), frame_objects(fresh, ts), ts)
+
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
         """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
         time one of its other frames shows an option object (:func:`add_distractor`)."""
@@ -604,6 +706,10 @@ class _StageSteps:
                                                            self.letter_ids, self.answer_vocab)
         if self.cfg.option_evidence_weight:
             evidence = _option_evidence_loss(self.model, hidden, option_pos, items_, shown, self.word_ids)
+            if self.cfg.multi_option_targets:
+                multi = _multi_option_loss(self.model, hidden, option_pos, items_, shown, self.vocab)
+                if multi is not None:
+                    evidence = multi if evidence is None else evidence + multi
             if evidence is not None:
                 loss = loss + self.cfg.option_evidence_weight * evidence
         return loss, (logits.argmax(-1) == target).float().mean().item()
@@ -613,7 +719,7 @@ class _StageSteps:
         k, drawn, kinds_ = self.draw_batch(self.described)
         batch, items_ = [], []
         for it, kind in zip(drawn, kinds_, strict=True):
-            it, v = self.example(it)
+            it, v = self.fresh_plan(*self.example(it))
             items_.append(it)
             batch.append((it, [v.objects[i] for i in self.subset(it, v, k, kind)]))
         hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
@@ -692,7 +798,8 @@ def train_small_reference(
     train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
     val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
 
-    tokenizer = train_tokenizer([it.question for it in usable], [it.options for it in usable])
+    palette = multi_option_palette() if any(it.category in MULTI_CATEGORIES for it in usable) else []
+    tokenizer = train_tokenizer([it.question for it in usable], [*(it.options for it in usable), *palette])
     model, processor = build_small_reference(tokenizer, cfg.model)
     if cfg.compose_option_embeddings:
         compose_option_embeddings(model, tokenizer)
