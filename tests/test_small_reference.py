@@ -96,6 +96,12 @@ def test_subsets_with_and_without_evidence(qa):
         neg = sample_subset(rng, video, 4, "negative")
         assert len(pos) == len(set(pos)) == 4 and pos == sorted(pos)
         assert mask[pos].any() and not mask[neg].any()
+    # frames per covered span: 1-2 by default, up to the whole span with max_per_span
+    span = len(video.spans[0])
+    assert span >= 3
+    default = {int(mask[sample_subset(rng, video, 8, "positive")].sum()) for _ in range(50)}
+    whole = {int(mask[sample_subset(rng, video, 8, "positive", max_per_span=span)].sum()) for _ in range(50)}
+    assert default == {1, 2} and whole == set(range(1, span + 1))
 
 
 def test_training_saves_a_checkpoint_that_loads_as_a_reference(tmp_path, qa):

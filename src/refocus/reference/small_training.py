@@ -60,6 +60,11 @@ class SmallReferenceTrainConfig:
     """Share of examples whose subset covers every evidence span."""
     partial_fraction: float = 0.1
     """Share of examples covering only some spans (multi-evidence questions)."""
+    max_frames_per_span: int = 2
+    """A training subset holds 1 .. this many frames of each evidence span it covers. The
+    oracle's subsets hold whole events (up to 4 frames): a model trained at 2 counts a `multi`
+    object's frames instead of its appearances there, 0.70-0.80 from training-style subsets
+    against 0.30 from the oracle's (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
     distractor_fraction: float = 0.0
     """Share of the subsets with evidence of a `query` question in which one non-evidence frame
     is replaced by a frame of an *option object* (another object whose asked attribute is one of
@@ -136,6 +141,12 @@ class SmallReferenceTrainConfig:
     """How videos are decoded (rate and frame cap; the size is the model's)."""
     model: SmallReferenceConfig = field(default_factory=SmallReferenceConfig)
 
+    def __post_init__(self) -> None:
+        if self.max_frames_per_span < 1:
+            from refocus.errors import ConfigError
+
+            raise ConfigError(f"max_frames_per_span must be >= 1, got {self.max_frames_per_span}")
+
 
 @dataclass
 class _Video:
@@ -199,9 +210,11 @@ def is_held_out(item_id: str, fraction: float) -> bool:
 
 
 def sample_subset(
-    rng: np.random.Generator, video: _Video, k: int, kind: str
+    rng: np.random.Generator, video: _Video, k: int, kind: str, max_per_span: int = 2
 ) -> list[int]:
-    """A sorted subset of k frames: 'positive' covers every span, 'partial' some, 'negative' none."""
+    """A sorted subset of k frames: 'positive' covers every span, 'partial' some, 'negative' none.
+
+    A covered span gives 1 .. ``max_per_span`` of its frames (fewer where k is short)."""
     T = len(video.frames)
     k = min(k, T)
     chosen: set[int] = set()
@@ -211,7 +224,7 @@ def sample_subset(
             keep = rng.choice(len(spans), size=rng.integers(1, len(spans)), replace=False)
             spans = [spans[i] for i in keep]
         for span in spans:
-            n = min(len(span), int(rng.integers(1, 3)), max(1, k // len(spans)))
+            n = min(len(span), int(rng.integers(1, max_per_span + 1)), max(1, k // len(spans)))
             chosen.update(int(i) for i in rng.choice(span, size=n, replace=False))
     pool = np.flatnonzero(~video.evidence_mask)
     pool = np.setdiff1d(pool, np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
@@ -691,7 +704,7 @@ class _StageSteps:
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
         """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
         time one of its other frames shows an option object (:func:`add_distractor`)."""
-        chosen = sample_subset(self.rng, video, k, kind)
+        chosen = sample_subset(self.rng, video, k, kind, self.cfg.max_frames_per_span)
         if kind != "negative" and self.cfg.distractor_fraction and self.rng.random() < self.cfg.distractor_fraction:
             chosen = add_distractor(self.rng, chosen, video.evidence_mask, option_object_frames(item, video.objects))
         return chosen
