@@ -64,7 +64,8 @@ class SmallReferenceTrainConfig:
     """A training subset holds 1 .. this many frames of each evidence span it covers. The
     oracle's subsets hold whole events (up to 4 frames): a model trained at 2 counts a `multi`
     object's frames instead of its appearances there, 0.70-0.80 from training-style subsets
-    against 0.30 from the oracle's (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
+    against 0.30 from the oracle's. At 4, count from the oracle's 8 frames rises 0.25 -> 0.50 but
+    order falls 1.00 -> 0.70 (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
     distractor_fraction: float = 0.0
     """Share of the subsets with evidence of a `query` question in which one non-evidence frame
     is replaced by a frame of an *option object* (another object whose asked attribute is one of
