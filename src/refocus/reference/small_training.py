@@ -102,7 +102,7 @@ class SmallReferenceTrainConfig:
     item by a freshly planned video of the same length and category: events and question drawn
     anew by ``refocus synth multi``'s planner and never rendered, since stage 1 reads frames as
     words. Stage 1 memorises a split's stored `multi` questions instead of learning the task
-    (benchmarks/RESULTS.md, "multi: fresh plans"). 0 = the stored questions only."""
+    (benchmarks/RESULTS.md, "`multi` becomes learnable"). 0 = the stored questions only."""
     multi_option_targets: bool = False
     """Add the `multi` counterpart of the option-evidence target (weighted by
     ``option_evidence_weight``): at each object option of an `order` question, the rank of its
@@ -434,7 +434,7 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> d
     ``compare``: how many separate appearances of it the frames show (at most 4); "clutter"
     when none. The counterpart of :func:`option_evidence_targets` for questions that need
     several frames: the first hop (what the frames say about each option), supervised where
-    the answer alone is a hard target to reach (benchmarks/RESULTS.md, "multi: fresh plans")."""
+    the answer alone is a hard target to reach (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
     if item.category not in ("order", "compare") or not shown:
         return {}
     runs = shown_runs(shown)
