@@ -36,7 +36,6 @@ def main() -> None:
     from refocus.reference.small_model import (
         SmallReferenceConfig,
         build_small_reference,
-        train_tokenizer,
     )
     from refocus.seeding import seed_everything
 
@@ -65,8 +64,7 @@ def main() -> None:
     videos, usable, _ = st._decode_items(train + held, cfg, False)
     train_u = [it for it in usable if id(it) not in held_ids]
     held_u = [it for it in usable if id(it) in held_ids]
-    palette = st.multi_option_palette() if any(it.category in st.MULTI_CATEGORIES for it in train_u) else []
-    tok = train_tokenizer([it.question for it in train_u], [*(it.options for it in train_u), *palette])
+    tok = st.training_tokenizer(train_u)
     model, proc = build_small_reference(tok, cfg.model)
     if cfg.compose_option_embeddings:
         st.compose_option_embeddings(model, tok)

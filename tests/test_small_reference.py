@@ -300,12 +300,12 @@ def test_fresh_plan_draws_a_new_multi_question_of_the_same_category_and_length(t
     """``fresh_plan_fraction``: a stage-1 `multi` example is a new plan of the same category on
     the decoded video's frames: the objects its frames show, its evidence and its answer agree
     with the plan, and it differs from the stored question most of the time."""
-    from refocus.reference.small_training import _decode_items, _StageSteps, multi_option_palette
+    from refocus.reference.small_training import _decode_items, _StageSteps, training_tokenizer
 
     items = load_questions(make_benchmark("multi", tmp_path / "m", 6, (40, 48), seed=3))
     cfg = SmallReferenceTrainConfig(fresh_plan_fraction=1.0, model=TINY)
     videos, usable, _ = _decode_items(items, cfg, False)
-    tokenizer = train_tokenizer([it.question for it in usable], [*(it.options for it in usable), *multi_option_palette()])
+    tokenizer = training_tokenizer(usable)  # every multi option line, as `refocus reference train` builds it
     model, processor = build_small_reference(tokenizer, TINY)
     steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
     changed = 0
@@ -323,7 +323,7 @@ def test_fresh_plan_draws_a_new_multi_question_of_the_same_category_and_length(t
             assert int(answer) == sum(1 for e in events if (e["color"], e["shape"]) == target)
             assert all(video.objects[i] == target for i in np.flatnonzero(video.evidence_mask))
         elif new.category == "order":
-            shown = [e for e in sorted(events, key=lambda e: e["frames"][0])]
+            shown = sorted(events, key=lambda e: e["frames"][0])
             pick = shown[0] if new.meta["which"] == "first" else shown[-1]
             assert answer == f"the {pick['color']} {pick['shape']}"
         changed += new.question != item.question or new.answer != item.answer

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
 from refocus.data.questions import QAItem, load_questions
 from refocus.errors import RefocusError
-from refocus.reference.small_training import _Video, sample_subset
+from refocus.reference.small_training import _Video, sample_subset, video_for
 from refocus.video.config import DecodeConfig
 
 
@@ -37,9 +36,7 @@ class EvidenceVideos:
         key = str(item.video)
         if key not in self._videos:
             dec = self.store.get(item, self.size)
-            mask = evidence_frame_mask(dec.timestamps, item.evidence)
-            mask = np.zeros(len(dec.frames), dtype=bool) if mask is None else mask
-            self._videos[key] = _Video(dec.frames, mask, evidence_spans_frames(dec.timestamps, item.evidence))
+            self._videos[key] = video_for(item, dec.frames, dec.timestamps)
         return self._videos[key]
 
     def decoded(self, item: QAItem):

@@ -161,6 +161,17 @@ class _Video:
     """Seconds of each decoded frame (where a fresh plan's events must be placed)."""
 
 
+def video_for(item: QAItem, frames: np.ndarray, timestamps: np.ndarray) -> _Video:
+    """The training view of ``item`` on decoded ``frames``: its evidence mask and spans and the
+    object each frame shows, placed by ``timestamps``."""
+    timestamps = np.asarray(timestamps)
+    mask = evidence_frame_mask(timestamps, item.evidence)
+    if mask is None:
+        mask = np.zeros(len(frames), dtype=bool)
+    return _Video(frames, mask, evidence_spans_frames(timestamps, item.evidence),
+                  frame_objects(item, timestamps), timestamps)
+
+
 def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
     """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown.
 
@@ -190,6 +201,15 @@ def multi_option_palette() -> list[tuple[str, ...]]:
     every option line of a held-out or freshly planned question, not only the split's."""
     objects = [f"the {c} {s}" for c in BASIC_COLORS for s in BASIC_SHAPES]
     return [tuple(objects[i:i + 4]) for i in range(0, len(objects), 4)] + [(EQUAL, "1", "2", "3", "4")]
+
+
+def training_tokenizer(items: list[QAItem]):
+    """The word-level tokenizer of a small reference trained on ``items``: their questions and
+    option lines, and every `multi` option line when any item is a `multi` question."""
+    from refocus.reference.small_model import train_tokenizer
+
+    palette = multi_option_palette() if any(it.category in MULTI_CATEGORIES for it in items) else []
+    return train_tokenizer([it.question for it in items], [*(it.options for it in items), *palette])
 
 
 def pixel_values_from_frames(frames: np.ndarray) -> torch.Tensor:
@@ -438,6 +458,7 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> d
     if item.category not in ("order", "compare") or not shown:
         return {}
     runs = shown_runs(shown)
+    firsts = list(dict.fromkeys(runs))  # the shown objects in order of first appearance
     out: dict[int, int] = {}
     for j, text in enumerate(item.options):
         parts = text.split()
@@ -445,7 +466,6 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> d
             continue
         obj = (parts[1], parts[2])
         if item.category == "order":
-            firsts = list(dict.fromkeys(runs))
             out[j] = firsts.index(obj) + 1 if obj in firsts else 0
         else:
             out[j] = min(runs.count(obj), 4)
@@ -596,11 +616,7 @@ def _decode_items(items: list[QAItem], cfg: SmallReferenceTrainConfig, progress:
             except Exception as exc:  # noqa: BLE001 - reported per item, never fatal
                 skipped.append({"id": item.id, "reason": str(exc)})
                 continue
-            mask = evidence_frame_mask(dv.timestamps, item.evidence)
-            if mask is None:
-                mask = np.zeros(len(dv.frames), dtype=bool)
-            videos[key] = _Video(dv.frames, mask, evidence_spans_frames(dv.timestamps, item.evidence),
-                                 frame_objects(item, dv.timestamps), np.asarray(dv.timestamps))
+            videos[key] = video_for(item, dv.frames, dv.timestamps)
         if not item.evidence:
             skipped.append({"id": item.id, "reason": "no evidence spans"})
             continue
@@ -697,10 +713,7 @@ class _StageSteps:
                         answer=LETTERS[sample.answer_index],
                         evidence=tuple(sample.events[j].span(fps) for j in sample.evidence),
                         meta={**sample.meta, "fps": fps})
-        ts = video.timestamps
-        mask = evidence_frame_mask(ts, fresh.evidence)
-        return fresh, _Video(video.frames, mask if mask is not None else np.zeros(len(ts), dtype=bool),
-                             evidence_spans_frames(ts, fresh.evidence), frame_objects(fresh, ts), ts)
+        return fresh, video_for(fresh, video.frames, video.timestamps)
 
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
         """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
@@ -800,7 +813,7 @@ def train_small_reference(
 
     Returns the summary written to ``out_dir/reference_train.json``.
     """
-    from refocus.reference.small_model import build_small_reference, train_tokenizer
+    from refocus.reference.small_model import build_small_reference
     from refocus.seeding import seed_everything
 
     cfg = config or SmallReferenceTrainConfig()
@@ -812,8 +825,7 @@ def train_small_reference(
     train_items = [it for it in usable if not is_held_out(it.id, cfg.val_fraction)]
     val_items = [it for it in usable if is_held_out(it.id, cfg.val_fraction)]
 
-    palette = multi_option_palette() if any(it.category in MULTI_CATEGORIES for it in usable) else []
-    tokenizer = train_tokenizer([it.question for it in usable], [*(it.options for it in usable), *palette])
+    tokenizer = training_tokenizer(usable)
     model, processor = build_small_reference(tokenizer, cfg.model)
     if cfg.compose_option_embeddings:
         compose_option_embeddings(model, tokenizer)
