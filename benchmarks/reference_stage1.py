@@ -73,13 +73,13 @@ def main() -> None:
 
     plain = st.sample_subset
 
-    def isolated(rng_, video, k, kind):
+    def isolated(rng_, video, k, kind, max_per_span=2):
         if kind == "positive" and video.objects and rng_.random() < args.isolated_fraction:
             chosen = {int(rng_.choice(s)) for s in video.spans if len(s)}
             pool = [i for i, o in enumerate(video.objects) if o is None and i not in chosen]
             chosen |= {int(i) for i in rng_.choice(pool, k - len(chosen), replace=False)}
             return sorted(chosen)
-        return plain(rng_, video, k, kind)
+        return plain(rng_, video, k, kind, max_per_span)
 
     st.sample_subset = isolated
     history: list[dict] = []
