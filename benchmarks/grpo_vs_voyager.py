@@ -1,13 +1,17 @@
 """GRPO (ReFoCUS) vs ranking supervision (Frame-Voyager) at equal reference-model calls.
 
 Same synthetic splits of ``--task`` (niah, query or multi), same small reference model
-(reward / ranking labels and answerer), same policy architecture (``configs/tiny.yaml``). Steps:
+(reward / ranking labels and answerer), same policy architecture (``configs/tiny.yaml``; GRPO's
+optimisation settings from ``--config``, e.g. ``query`` for ``configs/query.yaml``). Steps:
 
-1. a training and a held-out split of the task (seeds S and S + 1);
+1. a training and a held-out split of the task (seeds S and S + 1), or ``--train-qa`` /
+   ``--heldout-qa``;
 2. the small reference model: the demo's, trained once on the demo's reference split of all
    three tasks (seed S + 2, disjoint from both), or ``--reference``;
-3. ReFoCUS: reward-variance filtering (16 subsets per question) + GRPO with ``tiny.yaml``;
-   its reference calls = filter calls + training calls;
+3. ReFoCUS: reward-variance filtering (16 subsets per question) + GRPO with ``--config``;
+   its reference calls = filter calls + training calls. ``--grpo-run DIR`` takes the policy of
+   a finished ``refocus train`` run on the filtered questions instead of training one (its
+   calls from its ``train_summary.json``), so a long GRPO run is not repeated;
 4. Frame-Voyager: ``run_voyager`` on the UNFILTERED training split with
    ``max_reference_calls`` = ReFoCUS's total (``--voyager-budget grpo`` counts GRPO's
    training calls only), for each scoring in ``--scorings``;
@@ -37,8 +41,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout-videos", type=int, default=80)
     p.add_argument("--frames", default="48,160", help="MIN,MAX video length (frames at 4 fps)")
     p.add_argument("--reference", type=Path, default=None, help="a trained small reference (default: train one)")
+    p.add_argument("--train-qa", type=Path, default=None, help="an existing training split (default: generate one)")
+    p.add_argument("--heldout-qa", type=Path, default=None, help="an existing held-out split (default: generate one)")
     p.add_argument("--tau", type=float, default=0.21, help="reward-variance filter threshold")
-    p.add_argument("--grpo-steps", type=int, default=80)
+    p.add_argument("--filter-frames", type=int, default=None, help="frames per filter subset (default: --budget)")
+    p.add_argument("--config", default="tiny", help="GRPO config: a packaged name (tiny, query) or a YAML path")
+    p.add_argument("--grpo-steps", type=int, default=80, help="GRPO steps (0: the config's max_steps)")
+    p.add_argument("--grpo-run", type=Path, default=None,
+                   help="a finished `refocus train` run on the filtered split: use its policy, do not train")
     p.add_argument("--voyager-steps", type=int, default=200)
     p.add_argument("--voyager-budget", choices=["total", "grpo"], default="total",
                    help="Frame-Voyager's call budget: ReFoCUS's filter + GRPO calls (total) or GRPO's only")
@@ -78,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
             make_benchmark(args.task, out / name, videos=videos, frames=(lo, hi), seed=seed)
         return qa
 
-    train_qa = split("train", args.train_videos, args.seed)
-    heldout_qa = split("heldout", args.heldout_videos, args.seed + 1)
+    train_qa = args.train_qa or split("train", args.train_videos, args.seed)
+    heldout_qa = args.heldout_qa or split("heldout", args.heldout_videos, args.seed + 1)
     lap("synth")
 
     ref_dir = args.reference
@@ -91,15 +101,22 @@ def main(argv: list[str] | None = None) -> dict:
     reference = load_reference(ref_dir, batch_size=16)
     lap("reference")
 
-    filter_cfg = FilterConfig(tau=args.tau, frames_per_subset=args.budget)
+    filter_cfg = FilterConfig(tau=args.tau, frames_per_subset=args.filter_frames or args.budget)
     kept_qa, info, scored = filter_split(train_qa, reference, filter_cfg, out, progress=False)
     filter_calls = 16 * scored
-    grpo_cfg = load_config(packaged_config("tiny"), seed=args.run_seed).shortened(args.grpo_steps)
-    grpo = train_policy(kept_qa, ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
+    if args.grpo_run is not None:
+        summary = json.loads((args.grpo_run / "train_summary.json").read_text())
+        grpo_policy, grpo_calls, grpo_steps = Path(summary["policy"]), summary["reference_calls"], summary["steps"]
+    else:
+        config = Path(args.config) if args.config.endswith((".yaml", ".yml")) else packaged_config(args.config)
+        grpo_cfg = load_config(config, seed=args.run_seed)
+        if args.grpo_steps:
+            grpo_cfg = grpo_cfg.shortened(args.grpo_steps)
+        grpo = train_policy(kept_qa, ref_dir, out / f"grpo-{args.run_seed}", config=grpo_cfg)
+        grpo_policy, grpo_calls, grpo_steps = grpo.policy_dir, grpo.reference_calls, grpo.steps
     lap("grpo")
 
-    calls = {"refocus": {"filter": filter_calls, "train": grpo.reference_calls,
-                         "total": filter_calls + grpo.reference_calls}}
+    calls = {"refocus": {"filter": filter_calls, "train": grpo_calls, "total": filter_calls + grpo_calls}}
     budget = calls["refocus"]["total" if args.voyager_budget == "total" else "train"]
     collect = CollectConfig(combination_size=args.combination_size, clip_length=args.clip_length,
                             max_combinations=args.max_combinations, seed=args.run_seed)
@@ -116,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     selectors = {"uniform": get_selector("uniform")}
     for scoring, run in voyagers.items():
         selectors[f"voyager-{scoring}"] = VoyagerSelector.from_dir(run["policy_dir"], name=f"voyager-{scoring}")
-    selectors["refocus"] = PolicySelector.from_dir(grpo.policy_dir, name="refocus")
+    selectors["refocus"] = PolicySelector.from_dir(grpo_policy, name="refocus")
     selectors["oracle"] = get_selector("oracle")
     table = {}
     for name, r in evaluate_selectors(heldout, reference, selectors, args.budget, 1, progress=False).items():
@@ -137,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "voyager_train": {s: {"steps": r["steps"], "questions": r["questions"],
                               "pair_accuracy": r["last_metrics"].get("train/pair_accuracy")}
                           for s, r in voyagers.items()},
-        "grpo": {"steps": grpo.steps, "kept": info["kept"], "total": info["total"]},
+        "grpo": {"steps": grpo_steps, "kept": info["kept"], "total": info["total"],
+                 "run": str(args.grpo_run) if args.grpo_run else None},
         "timings_s": lap.seconds, "args": {k: str(v) for k, v in vars(args).items()}, "out": str(out),
     }
     (out / f"results-{args.run_seed}.json").write_text(json.dumps(result, indent=2) + "\n")
