@@ -30,17 +30,28 @@ CHANNEL_PERMUTATIONS: tuple[tuple[int, int, int], ...] = (
 
 
 def mirror_shift(rng: np.random.Generator, frames: np.ndarray, max_shift: float = 0.25,
-                 rotate: bool = False) -> np.ndarray:
+                 rotate: bool = False, moves: dict | None = None) -> np.ndarray:
     """(N, S, S, 3) frames, each mirrored left-right at random and circularly shifted; with
-    ``rotate`` also turned by a random multiple of 90 degrees (the 8 symmetries of the square)."""
+    ``rotate`` also turned by a random multiple of 90 degrees (the 8 symmetries of the square).
+
+    ``moves``: a dict that receives what was done to each frame, ``"mirrored"`` (N,) bool and
+    ``"shifts"`` (N, 2) pixels (rows, columns), ``"turns"`` (N,) quarter turns, so that where
+    an object went can be computed (:func:`refocus.reference.appearance.moved_geometry`)."""
     out = np.empty_like(frames)
     size = frames.shape[1]
     reach = int(max_shift * size)
+    turns, mirrored, shifts = np.zeros(len(frames), int), np.zeros(len(frames), bool), np.zeros((len(frames), 2), int)
     for i, frame in enumerate(frames):
-        f = np.rot90(frame, int(rng.integers(4))) if rotate else frame
-        if rng.random() < 0.5:
+        if rotate:
+            turns[i] = int(rng.integers(4))
+        f = np.rot90(frame, turns[i]) if rotate else frame
+        mirrored[i] = rng.random() < 0.5
+        if mirrored[i]:
             f = f[:, ::-1]
-        out[i] = np.roll(f, tuple(int(s) for s in rng.integers(-reach, reach + 1, 2)), axis=(0, 1))
+        shifts[i] = rng.integers(-reach, reach + 1, 2)
+        out[i] = np.roll(f, tuple(int(s) for s in shifts[i]), axis=(0, 1))
+    if moves is not None:
+        moves.update(mirrored=mirrored, shifts=shifts, turns=turns)
     return out
 
 
@@ -70,9 +81,11 @@ def permute_channels(rng: np.random.Generator, frames: np.ndarray, colours: list
 
 
 def paste_objects(rng: np.random.Generator, backgrounds: np.ndarray, colours_from: list[str],
-                  shapes_from: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+                  shapes_from: list[str], geometry: list | None = None) -> tuple[np.ndarray, list[str], list[str]]:
     """One random object (colour from ``colours_from``, shape from ``shapes_from``) drawn over
-    each (N, S, S, 3) background; returns the frames, their colours and their shapes."""
+    each (N, S, S, 3) background; returns the frames, their colours and their shapes.
+    ``geometry``: a list that receives each object's (centre x, centre y, diameter) as
+    fractions of the frame side."""
     from PIL import Image
 
     from refocus.data.synth.common import SynthConfig, make_event
@@ -85,11 +98,14 @@ def paste_objects(rng: np.random.Generator, backgrounds: np.ndarray, colours_fro
     for i, bg in enumerate(backgrounds):
         colour = colours_from[int(rng.integers(len(colours_from)))]
         shape = shapes_from[int(rng.integers(len(shapes_from)))]
-        rgb, mask = draw_object(make_event(rng, 0, 1, colour, shape, synth), synth.size)
+        event = make_event(rng, 0, 1, colour, shape, synth)
+        rgb, mask = draw_object(event, synth.size)
         layer = Image.fromarray(np.dstack([rgb, mask.astype(np.uint8) * 255]), "RGBA")
         layer = np.asarray(layer.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
         alpha = layer[..., 3:] / 255.0
         out[i] = np.clip(np.rint(bg * (1 - alpha) + layer[..., :3] * alpha), 0, 255).astype(np.uint8)
         colours.append(colour)
         shapes.append(shape)
+        if geometry is not None:
+            geometry.append((event.center[0] / synth.size, event.center[1] / synth.size, event.diameter / synth.size))
     return out, colours, shapes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from refocus.data.synth.multi import CATEGORIES as MULTI_CATEGORIES
 from refocus.data.synth.multi import EQUAL, plan_multi
 from refocus.data.synth.query import ATTRIBUTE_INDEX, OTHER_ATTRIBUTE, ask_about, nameable_objects
 from refocus.io import write_json
+from refocus.reference.appearance import appearance_codes, event_geometry, moved_geometry
 from refocus.reference.augment import mirror_shift, paste_objects, permute_channels
 from refocus.reference.prompt import build_prompt_messages, render_prompt
 from refocus.reference.small_model import SmallReferenceConfig, option_line
@@ -108,6 +109,15 @@ class SmallReferenceTrainConfig:
     ``option_evidence_weight``): at each object option of an `order` question, the rank of its
     first appearance among the shown objects; of a `compare` question, how many separate
     appearances the shown frames hold (:func:`multi_option_targets`)."""
+    appearance_codes: bool = False
+    """A frame of an object stands in stage 1 for its words plus a code of where the object is and
+    how large (:mod:`refocus.reference.appearance`), and stage 2 teaches the tower to produce it,
+    so that two frames of one appearance can be told from two appearances (`multi`'s count and
+    compare; counted by appearance, not by runs of shown frames, in ``multi_option_targets``).
+    Needs the geometry in the items' metadata (``SYNTH_VERSION`` 3); not with
+    ``augment_rotations``."""
+    appearance_code_weight: float = 1.0
+    """Norm of an appearance code relative to the mean norm of the colour and shape word embeddings."""
     augment_rotations: bool = False
     """Also turn the vision stage's frames by random multiples of 90 degrees (besides the mirror
     and shift, ``refocus.reference.augment``). Off: objects are always drawn upright, and with
@@ -143,10 +153,13 @@ class SmallReferenceTrainConfig:
     model: SmallReferenceConfig = field(default_factory=SmallReferenceConfig)
 
     def __post_init__(self) -> None:
-        if self.max_frames_per_span < 1:
-            from refocus.errors import ConfigError
+        from refocus.errors import ConfigError
 
+        if self.max_frames_per_span < 1:
             raise ConfigError(f"max_frames_per_span must be >= 1, got {self.max_frames_per_span}")
+        if self.appearance_codes and self.augment_rotations:
+            raise ConfigError("appearance_codes does not follow the turned frames of augment_rotations; "
+                              "set one of them to false")
 
 
 @dataclass
@@ -159,6 +172,12 @@ class _Video:
     empty when the item does not describe its objects (real benchmarks)."""
     timestamps: np.ndarray | None = None
     """Seconds of each decoded frame (where a fresh plan's events must be placed)."""
+    appearances: np.ndarray | None = None
+    """(T,) per decoded frame, which event (appearance of an object) it shows, -1 none; None when
+    the item does not describe its objects."""
+    geometry: np.ndarray | None = None
+    """(T, 3) per decoded frame, its object's normalised centre and diameter (NaN where none, or
+    where the metadata does not record them); None when unknown."""
 
 
 def video_for(item: QAItem, frames: np.ndarray, timestamps: np.ndarray) -> _Video:
@@ -168,31 +187,52 @@ def video_for(item: QAItem, frames: np.ndarray, timestamps: np.ndarray) -> _Vide
     mask = evidence_frame_mask(timestamps, item.evidence)
     if mask is None:
         mask = np.zeros(len(frames), dtype=bool)
+    appearances = frame_appearances(item, timestamps)
+    geometry = None
+    if appearances is not None:
+        events = event_geometry(item.meta)
+        geometry = np.full((len(appearances), 3), np.nan)
+        if events is not None:
+            geometry[appearances >= 0] = events[appearances[appearances >= 0]]
     return _Video(frames, mask, evidence_spans_frames(timestamps, item.evidence),
-                  frame_objects(item, timestamps), timestamps)
+                  frame_objects(item, timestamps), timestamps, appearances, geometry)
+
+
+def _events(meta: dict) -> list[tuple[tuple[str, str], list[int]]] | None:
+    """A synthetic item's events as (object, [first, last source frame]); None if not described.
+
+    ``query`` and ``multi`` items list their events (``meta["events"]``), ``niah`` items their
+    needle (``needle_frames``, ``color``, ``shape``)."""
+    if "events" in meta:
+        return [((e["color"], e["shape"]), e["frames"]) for e in meta["events"]]
+    if {"needle_frames", "color", "shape"} <= set(meta):
+        return [((meta["color"], meta["shape"]), meta["needle_frames"])]
+    return None
+
+
+def frame_appearances(item: QAItem, timestamps: np.ndarray) -> np.ndarray | None:
+    """(T,) which event of a synthetic item each decoded frame shows (-1: none); None if the item
+    does not describe its events. A decoded frame at time t is source frame
+    ``round(t * meta["fps"])``."""
+    events = _events(item.meta)
+    if events is None:
+        return None
+    fps = float(item.meta.get("fps", SynthConfig.fps))
+    source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
+    out = np.full(len(source), -1, dtype=np.int64)
+    for j, (_, (first, last)) in enumerate(events):
+        out[(source >= first) & (source <= last)] = j
+    return out
 
 
 def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
-    """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown.
-
-    ``query`` and ``multi`` items list their events (``meta["events"]``: colour, shape, first
-    and last source frame), ``niah`` items their needle (``needle_frames``, ``color``,
-    ``shape``). A decoded frame at time t is source frame ``round(t * meta["fps"])``.
-    """
-    meta = item.meta
-    if "events" in meta:
-        events = [((e["color"], e["shape"]), e["frames"]) for e in meta["events"]]
-    elif {"needle_frames", "color", "shape"} <= set(meta):
-        events = [((meta["color"], meta["shape"]), meta["needle_frames"])]
-    else:
+    """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown
+    (see :func:`frame_appearances`)."""
+    appearances = frame_appearances(item, timestamps)
+    if appearances is None:
         return []
-    fps = float(meta.get("fps", SynthConfig.fps))
-    source = np.rint(np.asarray(timestamps, dtype=np.float64) * fps).astype(int)
-    out: list[tuple[str, str] | None] = [None] * len(source)
-    for obj, (first, last) in events:
-        for i in np.flatnonzero((source >= first) & (source <= last)):
-            out[int(i)] = obj
-    return out
+    objects = [obj for obj, _ in _events(item.meta)]
+    return [None if j < 0 else objects[j] for j in appearances]
 
 
 def multi_option_palette() -> list[tuple[str, ...]]:
@@ -434,30 +474,34 @@ MULTI_TARGET_WORDS = ("clutter", "1", "2", "3", "4")
 """Read-out words of the `multi` option targets (:func:`multi_option_targets`)."""
 
 
-def shown_runs(shown: list[tuple[str, str] | None]) -> list[tuple[str, str]]:
+def shown_runs(shown: list[tuple[str, str] | None], appearances: Sequence[int] | None = None) -> list[tuple[str, str]]:
     """The objects of the shown frames with consecutive repeats merged: what the frames, in
-    order, can tell apart as separate appearances."""
+    order, can tell apart as separate appearances. With ``appearances`` (which event each shown
+    frame is, as :func:`frame_appearances`; frames that can be told apart by their appearance
+    codes) a new run starts wherever the event changes."""
     runs: list[tuple[str, str]] = []
     prev = None
-    for obj in shown:
-        if obj is not None and obj != prev:
+    for i, obj in enumerate(shown):
+        key = obj if appearances is None else (obj, int(appearances[i]))
+        if obj is not None and key != prev:
             runs.append(obj)
-        prev = obj
+        prev = key
     return runs
 
 
-def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> dict[int, int]:
+def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None],
+                         appearances: Sequence[int] | None = None) -> dict[int, int]:
     """What the shown frames say about each object option of an `order` or `compare` question:
     {option index: index into :data:`MULTI_TARGET_WORDS`}.
 
     ``order``: the rank of the object's first appearance among the shown objects ("1" first);
-    ``compare``: how many separate appearances of it the frames show (at most 4); "clutter"
-    when none. The counterpart of :func:`option_evidence_targets` for questions that need
+    ``compare``: how many separate appearances of it the frames show (at most 4; by
+    :func:`shown_runs`, with ``appearances`` when given); "clutter" when none. The counterpart of :func:`option_evidence_targets` for questions that need
     several frames: the first hop (what the frames say about each option), supervised where
     the answer alone is a hard target to reach (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
     if item.category not in ("order", "compare") or not shown:
         return {}
-    runs = shown_runs(shown)
+    runs = shown_runs(shown, appearances)
     firsts = list(dict.fromkeys(runs))  # the shown objects in order of first appearance
     out: dict[int, int] = {}
     for j, text in enumerate(item.options):
@@ -472,11 +516,13 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None]) -> d
     return out
 
 
-def _multi_option_loss(model, hidden, option_pos, items, shown, vocab: dict[str, int]) -> torch.Tensor | None:
+def _multi_option_loss(model, hidden, option_pos, items, shown, vocab: dict[str, int],
+                       appearances: list | None = None) -> torch.Tensor | None:
     """Cross-entropy of the object options' read-out against :func:`multi_option_targets`."""
     rows, cols, targets = [], [], []
     for i, (item, objs) in enumerate(zip(items, shown, strict=True)):
-        for j, target in multi_option_targets(item, objs).items():
+        ids = appearances[i] if appearances is not None else None
+        for j, target in multi_option_targets(item, objs, ids).items():
             rows.append(i)
             cols.append(option_pos[i][j])
             targets.append(target)
@@ -541,11 +587,19 @@ def _describable(item: QAItem, video: _Video) -> bool:
     return any(o is not None for o in video.objects)
 
 
-def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
+def _code_scale(model, word_ids: dict[str, int], weight: float) -> float:
+    """Norm of an appearance code: ``weight`` x the mean norm of the colour and shape words."""
+    ids = [i for w, i in word_ids.items() if w != "clutter"]
+    with torch.no_grad():
+        return weight * float(model.get_input_embeddings().weight[ids].norm(dim=-1).mean())
+
+
+def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | None = None):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
     ``batch``: (item, the objects of its K chosen frames). Each image slot holds the summed
-    embeddings of its frame's words (:func:`_word_frame_embeddings`).
+    embeddings of its frame's words (:func:`_word_frame_embeddings`), plus, with ``codes``
+    (per example a (K, D) array or None), its frame's appearance code.
     """
     encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
@@ -563,7 +617,13 @@ def _pseudo_forward(model, prompts, word_ids, batch, tokens: int):
     embeds = model.get_input_embeddings()(input_ids)
     slots = input_ids == image_id  # row-major order: frame by frame, slot by slot, as ``pairs``
     pair = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-    embeds[slots] = _pair_embeddings(model, pair[:, 0], pair[:, 1])
+    frame_embeds = _pair_embeddings(model, pair[:, 0], pair[:, 1])
+    if codes is not None:
+        width = frame_embeds.shape[-1]
+        extra = np.concatenate([np.zeros((len(objs), width), np.float32) if c is None else c
+                                for (_, objs), c in zip(batch, codes, strict=True)])
+        frame_embeds = frame_embeds + torch.from_numpy(np.repeat(extra, tokens, axis=0)).to(frame_embeds.dtype)
+    embeds[slots] = frame_embeds
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
     return hidden, option_pos
 
@@ -723,8 +783,9 @@ class _StageSteps:
             chosen = add_distractor(self.rng, chosen, video.evidence_mask, option_object_frames(item, video.objects))
         return chosen
 
-    def answer_loss(self, hidden, option_pos, items_, kinds_, shown) -> tuple[torch.Tensor, float]:
-        """shown: per example, the object of each shown frame (``[]`` where unknown)."""
+    def answer_loss(self, hidden, option_pos, items_, kinds_, shown, appearances=None) -> tuple[torch.Tensor, float]:
+        """shown: per example, the object of each shown frame (``[]`` where unknown);
+        appearances: per example, which event each shown frame is (with appearance codes)."""
         logits = _masked_option_logits(self.model.lm_head(hidden[:, -1]).float()[:, self.letter_ids], items_)
         target = torch.tensor([it.answer_index for it in items_])
         loss = F.cross_entropy(logits, target)
@@ -734,23 +795,41 @@ class _StageSteps:
         if self.cfg.option_evidence_weight:
             evidence = _option_evidence_loss(self.model, hidden, option_pos, items_, shown, self.word_ids)
             if self.cfg.multi_option_targets:
-                multi = _multi_option_loss(self.model, hidden, option_pos, items_, shown, self.vocab)
+                multi = _multi_option_loss(self.model, hidden, option_pos, items_, shown, self.vocab, appearances)
                 if multi is not None:
                     evidence = multi if evidence is None else evidence + multi
             if evidence is not None:
                 loss = loss + self.cfg.option_evidence_weight * evidence
         return loss, (logits.argmax(-1) == target).float().mean().item()
 
+    def shown_appearances(self, video: _Video, chosen: list[int]) -> list[int] | None:
+        """Which event each chosen frame is, when appearance codes tell them apart."""
+        if not self.cfg.appearance_codes or video.appearances is None:
+            return None
+        return [int(video.appearances[i]) for i in chosen]
+
+    def frame_codes(self, video: _Video, chosen: list[int]) -> np.ndarray | None:
+        """(K, D) appearance codes of the chosen frames (zeros where no object), or None."""
+        if not self.cfg.appearance_codes or video.geometry is None:
+            return None
+        scale = _code_scale(self.model, self.word_ids, self.cfg.appearance_code_weight)
+        return scale * appearance_codes(video.geometry[chosen], self.model.config.text_config.hidden_size)
+
     def align_step(self) -> tuple[torch.Tensor, float]:
         """Stage 1: the language model learns to answer from frames given as words."""
         k, drawn, kinds_ = self.draw_batch(self.described)
-        batch, items_ = [], []
+        batch, items_, codes, appearances = [], [], [], []
         for it, kind in zip(drawn, kinds_, strict=True):
             it, v = self.fresh_plan(*self.example(it))
             items_.append(it)
-            batch.append((it, [v.objects[i] for i in self.subset(it, v, k, kind)]))
-        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens)
-        return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch])
+            chosen = self.subset(it, v, k, kind)
+            batch.append((it, [v.objects[i] for i in chosen]))
+            codes.append(self.frame_codes(v, chosen))
+            appearances.append(self.shown_appearances(v, chosen))
+        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens,
+                                             codes if self.cfg.appearance_codes else None)
+        return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch],
+                                appearances if self.cfg.appearance_codes else None)
 
     def vision_step(self) -> tuple[torch.Tensor, float]:
         """Stage 2: the vision tower and projector learn to say those words from pixels."""
@@ -764,32 +843,47 @@ class _StageSteps:
             v = videos[str(self.described[i].video)]
             pool = [j for j, o in enumerate(v.objects) if o is None]
             hay.append(v.frames[int(rng.choice(pool)) if pool else 0])
-        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), self.paste_colours, self.paste_shapes) \
+        p_geometry: list = []
+        pasted, p_colours, p_shapes = paste_objects(rng, np.stack(hay[n_hay:]), self.paste_colours, self.paste_shapes,
+                                                    p_geometry) \
             if n_paste else (np.zeros((0, *hay[0].shape), np.uint8), [], [])
         frames = np.concatenate([np.stack([videos[key].frames[i] for key, i in picks]), pasted,
                                  np.stack(hay[:n_hay])])
         colours = [videos[key].objects[i][0] for key, i in picks] + p_colours + [None] * n_hay
         shapes = [videos[key].objects[i][1] for key, i in picks] + p_shapes + [None] * n_hay
-        frames = mirror_shift(rng, frames, rotate=cfg.augment_rotations)
+        moves: dict = {}
+        frames = mirror_shift(rng, frames, rotate=cfg.augment_rotations, moves=moves)
         frames, colours = permute_channels(rng, frames, colours)
         with torch.no_grad():
             target = _word_frame_embeddings(self.model, self.word_ids, [
                 ["clutter"] if c is None else [c, s] for c, s in zip(colours, shapes, strict=True)], self.tokens)
+            if cfg.appearance_codes:
+                unknown = np.full((1, 3), np.nan)
+                geometry = np.concatenate([
+                    np.stack([videos[key].geometry[i] if videos[key].geometry is not None else unknown[0]
+                              for key, i in picks]) if picks else unknown[:0],
+                    np.array(p_geometry, dtype=np.float64).reshape(-1, 3), np.repeat(unknown, n_hay, axis=0)])
+                geometry = moved_geometry(geometry, moves["mirrored"], moves["shifts"], frames.shape[1])
+                codes = _code_scale(self.model, self.word_ids, cfg.appearance_code_weight) * appearance_codes(
+                    geometry, target.shape[-1])
+                target = target + torch.from_numpy(codes).to(target.dtype).unsqueeze(1)
         pred = _image_tokens(self.model, pixel_values_from_frames(frames))
         return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
 
     def joint_step(self) -> tuple[torch.Tensor, float]:
         """Stage 3: real frames; the projector and language model (and the tower if joint_trains_vision)."""
         k, drawn, kinds_ = self.draw_batch(self.train_items)
-        batch, shown, items_ = [], [], []
+        batch, shown, items_, appearances = [], [], [], []
         for it, kind in zip(drawn, kinds_, strict=True):
             it, v = self.example(it)
             items_.append(it)
             chosen = self.subset(it, v, k, kind)
             batch.append((it, v.frames[chosen]))
             shown.append([v.objects[i] for i in chosen] if v.objects else [])
+            appearances.append(self.shown_appearances(v, chosen))
         hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
-        return self.answer_loss(hidden, option_pos, items_, kinds_, shown)
+        return self.answer_loss(hidden, option_pos, items_, kinds_, shown,
+                                appearances if self.cfg.appearance_codes else None)
 
 
 def _run_stage(model, stage: Stage, cfg: SmallReferenceTrainConfig, history: list[dict], progress: bool) -> None:

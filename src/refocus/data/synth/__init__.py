@@ -34,11 +34,13 @@ planner's module holds ``MIN_FRAMES``. Plug-ins register through the ``refocus.s
 entry points."""
 KINDS = ("niah", "query", "multi")
 """The kinds shipped with refocus."""
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 """Raised whenever the shipped generators' output changes for the same arguments, so caches
 keyed on the arguments (``refocus demo``'s splits) regenerate. 2: ``query`` shows 10 objects
 that all differ in colour and in shape, drawn from 12 colours and 10 shapes; sparkle hues lie
-between the 12 colours (niah and multi frames change slightly, their questions do not)."""
+between the 12 colours (niah and multi frames change slightly, their questions do not).
+3: ``meta`` records each object's centre and diameter and the frame size (videos and
+questions unchanged)."""
 
 
 def min_frames(kind: str) -> int:
@@ -130,10 +132,10 @@ def _write_sample(kind: str, seed: int, frames: tuple[int, int], cfg: SynthConfi
     _, look_rng = video_rngs(kind, seed, index)
     path = video_dir / f"{kind}_{index:05d}.mp4"
     write_video(path, render_frames(look_rng, sample.num_frames, sample.events, cfg), cfg.fps, cfg.crf)
-    return _item(kind, index, path, sample, cfg.fps)
+    return _item(kind, index, path, sample, cfg.fps, cfg.size)
 
 
-def _item(kind: str, index: int, path: Path, sample: Sample, fps: float) -> QAItem:
+def _item(kind: str, index: int, path: Path, sample: Sample, fps: float, size: int = SynthConfig.size) -> QAItem:
     return QAItem(
         id=f"{kind}-{index:05d}",
         video=path.resolve(),
@@ -142,7 +144,7 @@ def _item(kind: str, index: int, path: Path, sample: Sample, fps: float) -> QAIt
         answer="ABCDEFGHIJKLMNOPQRSTUVWXYZ"[sample.answer_index],
         evidence=tuple(sample.events[j].span(fps) for j in sample.evidence),
         category=sample.category,
-        meta={**sample.meta, "fps": fps},
+        meta={**sample.meta, "fps": fps, "size": size},
     )
 
 

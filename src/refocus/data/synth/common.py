@@ -191,7 +191,15 @@ def place_objects(
     ]
 
 
+def geometry_meta(event: Event) -> dict:
+    """An event's place in the frame, as its metadata records it."""
+    return {"center": [float(event.center[0]), float(event.center[1])], "diameter": float(event.diameter)}
+
+
 def events_meta(num_frames: int, events: list[Event], **more) -> dict:
-    """``meta`` of a video with several objects: its length and every event's frames."""
-    spans = [{"color": e.color, "shape": e.shape, "frames": [e.start, e.stop - 1]} for e in events]
+    """``meta`` of a video with several objects: its length and every event's frames, centre and
+    diameter (pixels of the written frames), so that a frame's object, and which appearance of
+    it the frame shows, can be recovered from the metadata."""
+    spans = [{"color": e.color, "shape": e.shape, "frames": [e.start, e.stop - 1], **geometry_meta(e)}
+             for e in events]
     return {"num_frames": num_frames, "events": spans, **more}

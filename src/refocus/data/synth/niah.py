@@ -15,6 +15,7 @@ from refocus.data.synth.common import (
     BASIC_SHAPES,
     Sample,
     SynthConfig,
+    geometry_meta,
     make_event,
     pick,
     place_events,
@@ -51,5 +52,6 @@ def plan_niah(rng: np.random.Generator, num_frames: int, index: int, cfg: SynthC
         "needle_frames": [start, needle.stop - 1],
         "color": color,
         "shape": shape,
+        **geometry_meta(needle),
     }
     return Sample(num_frames, [needle], QUESTIONS[category], options, answer, category, [0], meta)
