@@ -101,7 +101,8 @@ def test_training_with_appearance_codes_runs_every_stage(tmp_path):
     items = load_questions(make_benchmark("multi", tmp_path / "m", 6, (40, 48), seed=3))
     cfg = SmallReferenceTrainConfig(steps=2, align_steps=2, vision_steps=2, batch_size=4, vision_batch_size=8,
                                     val_fraction=0.34, val_subsets=1, fresh_plan_fraction=0.5,
-                                    multi_option_targets=True, appearance_codes=True, model=TINY)
+                                    multi_option_targets=True, appearance_codes=True, frame_ordinal_weight=1.0,
+                                    oracle_subset_fraction=0.3, model=TINY)
     summary = train_small_reference(items, tmp_path / "ref", cfg, progress=False)
     assert [h["stage"] for h in summary["history"]].count("vision") == 2
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
@@ -112,3 +113,13 @@ def test_appearance_codes_refuse_turned_frames():
 
     with pytest.raises(ConfigError, match="augment_rotations"):
         SmallReferenceTrainConfig(appearance_codes=True, augment_rotations=True)
+
+
+def test_frame_ordinals_by_hand():
+    from refocus.reference.small_training import frame_ordinals
+
+    red, blue = ("red", "star"), ("blue", "circle")
+    shown = [red, red, None, blue, red, red, blue]
+    assert frame_ordinals(shown) == [1, 1, 0, 1, 2, 2, 2]
+    assert frame_ordinals(shown, [0, 1, -1, 2, 3, 3, 4]) == [1, 2, 0, 1, 3, 3, 2]
+    assert frame_ordinals([red] * 6, [0, 1, 2, 3, 4, 5]) == [1, 2, 3, 4, 4, 4]

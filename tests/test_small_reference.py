@@ -358,3 +358,24 @@ def test_multi_option_targets_by_hand():
                    options=("1", "2", "3", "4"), answer="B", category="count")
     assert multi_option_targets(count, shown) == {}
     assert MULTI_TARGET_WORDS[0] == "clutter"
+
+
+def test_oracle_subset_fraction_trains_on_the_oracles_subsets(tmp_path):
+    """``oracle_subset_fraction=1``: every subset with evidence is the oracle's (whole appearances
+    first); subsets without evidence are drawn as before."""
+    from refocus.reference.small_training import _decode_items, _StageSteps, training_tokenizer
+    from refocus.selectors.oracle import oracle_indices
+
+    items = load_questions(make_benchmark("multi", tmp_path / "m", 4, (40, 48), seed=5))
+    cfg = SmallReferenceTrainConfig(oracle_subset_fraction=1.0, model=TINY)
+    videos, usable, _ = _decode_items(items, cfg, False)
+    tokenizer = training_tokenizer(usable)
+    model, processor = build_small_reference(tokenizer, TINY)
+    steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
+    for item in usable:
+        video = videos[str(item.video)]
+        assert steps.subset(item, video, 8, "positive") == oracle_indices(video.timestamps, item.evidence, 8)
+        assert not video.evidence_mask[steps.subset(item, video, 8, "negative")].any()
+    steps.cfg = SmallReferenceTrainConfig(oracle_subset_fraction=0.0, model=TINY)
+    drawn = [steps.subset(usable[0], videos[str(usable[0].video)], 8, "positive") for _ in range(8)]
+    assert any(d != drawn[0] for d in drawn)

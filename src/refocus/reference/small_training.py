@@ -116,6 +116,17 @@ class SmallReferenceTrainConfig:
     compare; counted by appearance, not by runs of shown frames, in ``multi_option_targets``).
     Needs the geometry in the items' metadata (``SYNTH_VERSION`` 3); not with
     ``augment_rotations``."""
+    oracle_subset_fraction: float = 0.0
+    """Share of the subsets with evidence that are the oracle's (evidence frames first, every
+    span in turn, then uniform: :func:`refocus.selectors.oracle.oracle_indices`), so that whole
+    appearances shown one after another are trained on, as the oracle and a good policy show
+    them; the rest hold 1 .. ``max_frames_per_span`` frames per span among haystack frames.
+    0 = never."""
+    frame_ordinal_weight: float = 0.0
+    """Weight of a stage-1 target at every shown frame of a `multi` item: which appearance of its
+    object it is among the shown frames ("1" its first, "2" its second, ...; "clutter" for
+    haystack; appearances told apart as in :func:`shown_runs`). The first hop of counting, which
+    no other loss supervises for `count` (:func:`frame_ordinals`). 0 = off."""
     appearance_code_weight: float = 1.0
     """Norm of an appearance code relative to the mean norm of the colour and shape word embeddings."""
     augment_rotations: bool = False
@@ -516,6 +527,44 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None],
     return out
 
 
+def frame_ordinals(shown: list[tuple[str, str] | None], appearances: Sequence[int] | None = None) -> list[int]:
+    """Per shown frame, the index into :data:`MULTI_TARGET_WORDS` of which appearance of its
+    object it is so far (1 = first, at most 4; 0 = no object). Appearances are told apart as
+    in :func:`shown_runs`: by event with ``appearances``, else by runs of consecutive frames."""
+    seen: dict = {}
+    out: list[int] = []
+    prev = None
+    for i, obj in enumerate(shown):
+        key = obj if appearances is None else (obj, int(appearances[i]))
+        if obj is None:
+            out.append(0)
+        else:
+            if key != prev:
+                seen[obj] = seen.get(obj, 0) + 1
+            out.append(min(seen[obj], 4))
+        prev = key
+    return out
+
+
+def _frame_ordinal_loss(model, hidden, slots, items, shown, vocab: dict[str, int],
+                        appearances: list | None = None) -> torch.Tensor | None:
+    """Cross-entropy of each `multi` frame slot's read-out against :func:`frame_ordinals`;
+    ``slots``: (B, L) bool, the frame slots in frame order (one token per frame)."""
+    rows, targets = [], []
+    for i, (item, objs) in enumerate(zip(items, shown, strict=True)):
+        if item.category not in MULTI_CATEGORIES or not objs:
+            continue
+        positions = torch.nonzero(slots[i]).flatten()
+        if len(positions) != len(objs):
+            continue
+        rows += [hidden[i, positions]]
+        targets += frame_ordinals(objs, appearances[i] if appearances is not None else None)
+    if not rows:
+        return None
+    logits = model.lm_head(torch.cat(rows)).float()[:, torch.tensor([vocab[w] for w in MULTI_TARGET_WORDS])]
+    return F.cross_entropy(logits, torch.tensor(targets))
+
+
 def _multi_option_loss(model, hidden, option_pos, items, shown, vocab: dict[str, int],
                        appearances: list | None = None) -> torch.Tensor | None:
     """Cross-entropy of the object options' read-out against :func:`multi_option_targets`."""
@@ -594,12 +643,14 @@ def _code_scale(model, word_ids: dict[str, int], weight: float) -> float:
         return weight * float(model.get_input_embeddings().weight[ids].norm(dim=-1).mean())
 
 
-def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | None = None):
+def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | None = None,
+                    return_slots: bool = False):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
 
     ``batch``: (item, the objects of its K chosen frames). Each image slot holds the summed
     embeddings of its frame's words (:func:`_word_frame_embeddings`), plus, with ``codes``
-    (per example a (K, D) array or None), its frame's appearance code.
+    (per example a (K, D) array or None), its frame's appearance code. ``return_slots``: also
+    return the (B, L) bool mask of the image slots.
     """
     encoded = [prompts.encode(item, len(objs)) for item, objs in batch]
     L = max(len(ids) for ids, _ in encoded)
@@ -625,7 +676,7 @@ def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | 
         frame_embeds = frame_embeds + torch.from_numpy(np.repeat(extra, tokens, axis=0)).to(frame_embeds.dtype)
     embeds[slots] = frame_embeds
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
-    return hidden, option_pos
+    return (hidden, option_pos, slots) if return_slots else (hidden, option_pos)
 
 
 def _image_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -776,8 +827,14 @@ class _StageSteps:
         return fresh, video_for(fresh, video.frames, video.timestamps)
 
     def subset(self, item: QAItem, video: _Video, k: int, kind: str) -> list[int]:
-        """A training subset (:func:`sample_subset`); with evidence, ``distractor_fraction`` of the
-        time one of its other frames shows an option object (:func:`add_distractor`)."""
+        """A training subset (:func:`sample_subset`, or ``oracle_subset_fraction`` of the time the
+        oracle's); with evidence, ``distractor_fraction`` of the time one of its other frames shows
+        an option object (:func:`add_distractor`)."""
+        if (kind == "positive" and self.cfg.oracle_subset_fraction and video.timestamps is not None
+                and self.rng.random() < self.cfg.oracle_subset_fraction):
+            from refocus.selectors.oracle import oracle_indices
+
+            return oracle_indices(video.timestamps, item.evidence, k)
         chosen = sample_subset(self.rng, video, k, kind, self.cfg.max_frames_per_span)
         if kind != "negative" and self.cfg.distractor_fraction and self.rng.random() < self.cfg.distractor_fraction:
             chosen = add_distractor(self.rng, chosen, video.evidence_mask, option_object_frames(item, video.objects))
@@ -826,10 +883,16 @@ class _StageSteps:
             batch.append((it, [v.objects[i] for i in chosen]))
             codes.append(self.frame_codes(v, chosen))
             appearances.append(self.shown_appearances(v, chosen))
-        hidden, option_pos = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens,
-                                             codes if self.cfg.appearance_codes else None)
-        return self.answer_loss(hidden, option_pos, items_, kinds_, [objs for _, objs in batch],
-                                appearances if self.cfg.appearance_codes else None)
+        hidden, option_pos, slots = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens,
+                                                    codes if self.cfg.appearance_codes else None, return_slots=True)
+        shown = [objs for _, objs in batch]
+        appearances = appearances if self.cfg.appearance_codes else None
+        loss, acc = self.answer_loss(hidden, option_pos, items_, kinds_, shown, appearances)
+        if self.cfg.frame_ordinal_weight and self.tokens == 1 and all(w in self.vocab for w in MULTI_TARGET_WORDS):
+            ordinal = _frame_ordinal_loss(self.model, hidden, slots, items_, shown, self.vocab, appearances)
+            if ordinal is not None:
+                loss = loss + self.cfg.frame_ordinal_weight * ordinal
+        return loss, acc
 
     def vision_step(self) -> tuple[torch.Tensor, float]:
         """Stage 2: the vision tower and projector learn to say those words from pixels."""
