@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from refocus.data.evidence import evidence_frame_mask, evidence_spans_frames
+from refocus.data.indices import oracle_indices
 from refocus.data.questions import LETTERS, QAItem
 from refocus.data.synth.common import BASIC_COLORS, BASIC_SHAPES, COLORS, SHAPES, SynthConfig
 from refocus.data.synth.multi import CATEGORIES as MULTI_CATEGORIES
@@ -832,8 +833,6 @@ class _StageSteps:
         an option object (:func:`add_distractor`)."""
         if (kind == "positive" and self.cfg.oracle_subset_fraction and video.timestamps is not None
                 and self.rng.random() < self.cfg.oracle_subset_fraction):
-            from refocus.selectors.oracle import oracle_indices
-
             return oracle_indices(video.timestamps, item.evidence, k)
         chosen = sample_subset(self.rng, video, k, kind, self.cfg.max_frames_per_span)
         if kind != "negative" and self.cfg.distractor_fraction and self.rng.random() < self.cfg.distractor_fraction:

@@ -1,4 +1,5 @@
-"""The frame-selector interface and the pure index rules the selectors share.
+"""The frame-selector interface and the index checks the selectors share (the pure index rules,
+such as :func:`uniform_indices`, live in :mod:`refocus.data.indices`).
 
 A selector reads the densely decoded frames of one video (T frames by presentation time,
 ``refocus.video``) and one question, and returns the indices of ``budget`` (K) frames to show
@@ -14,6 +15,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from refocus.data.indices import (
+    uniform_indices as uniform_indices,  # re-exported: the selectors' grid rule
+)
 from refocus.errors import RefocusError
 
 
@@ -101,18 +105,6 @@ def check_budget(video: VideoFrames, budget: int) -> int:
     if num_frames < 1:
         raise RefocusError("the video has no decoded frames")
     return num_frames
-
-
-def uniform_indices(num_frames: int, budget: int) -> list[int]:
-    """Midpoints of ``budget`` equal bins over T frames: ``floor((j + 0.5) * T / budget)``.
-
-    j = 0 .. budget - 1; all T frames when T <= budget. Exact integer arithmetic:
-    ``((2j + 1) * T) // (2 * budget)``. Distinct because consecutive midpoints are T / budget
-    > 1 apart. Example: T = 10, budget = 4 -> [1, 3, 6, 8].
-    """
-    if num_frames <= budget:
-        return list(range(num_frames))
-    return [((2 * j + 1) * num_frames) // (2 * budget) for j in range(budget)]
 
 
 def validate_indices(indices: Sequence[int], num_frames: int, budget: int, who: str) -> list[int]:
