@@ -2,8 +2,10 @@
 
 Trains only the ``align`` stage (frames given as the words of the object they show, no vision
 tower) on the ``--train`` benchmarks, then scores held-out questions (``--held``) the same way,
-per category, from subsets that cover every evidence span (``positive``) or none
-(``negative``), at K = 4 and 8. Since the end-to-end accuracy is bounded by this stage's, a
+per category, from subsets that cover every evidence span (``positive``, as training draws
+them), from the oracle's subsets (``oracle``: evidence frames first, whole appearances one after
+another, :func:`refocus.selectors.oracle.oracle_indices`) or from none (``negative``), at K = 4
+and 8. Since the end-to-end accuracy is bounded by this stage's, a
 task at chance here is a language-model (circuit) problem, not a vision or resolution one.
 
 ``--set FIELD=JSON`` / ``--mset FIELD=JSON`` override SmallReferenceTrainConfig /
@@ -38,6 +40,7 @@ def main() -> None:
         build_small_reference,
     )
     from refocus.seeding import seed_everything
+    from refocus.selectors.oracle import oracle_indices
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", action="append", required=True)
@@ -92,14 +95,18 @@ def main() -> None:
     eval_rng = np.random.default_rng(999)
     with torch.no_grad():
         for k in cfg.frames_per_example:
-            for kind in ("positive", "negative"):
+            for kind in ("positive", "oracle", "negative"):
                 for s in range(0, len(held_u), 32):
                     chunk = held_u[s:s + 32]
-                    batch = []
+                    batch, codes = [], []
                     for it in chunk:
                         v = videos[str(it.video)]
-                        batch.append((it, [v.objects[i] for i in st.sample_subset(eval_rng, v, k, kind)]))
-                    hidden, _ = st._pseudo_forward(model, steps.prompts, steps.word_ids, batch, steps.tokens)
+                        chosen = oracle_indices(v.timestamps, it.evidence, k) if kind == "oracle" else \
+                            st.sample_subset(eval_rng, v, k, kind)
+                        batch.append((it, [v.objects[i] for i in chosen]))
+                        codes.append(steps.frame_codes(v, chosen))
+                    hidden, _ = st._pseudo_forward(model, steps.prompts, steps.word_ids, batch, steps.tokens,
+                                                   codes if cfg.appearance_codes else None)
                     logits = st._masked_option_logits(model.lm_head(hidden[:, -1]).float()[:, steps.letter_ids], chunk)
                     for it, p in zip(chunk, logits.argmax(-1).tolist(), strict=True):
                         for cat in (it.category, "all"):
