@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_small_reference_config
 
 from refocus.data.questions import QAItem, load_questions
 from refocus.data.synth import make_benchmark
 from refocus.reference.appearance import appearance_codes, event_geometry, moved_geometry
 from refocus.reference.augment import mirror_shift, paste_objects
-from refocus.reference.small_model import SmallReferenceConfig
 from refocus.reference.small_training import (
     SmallReferenceTrainConfig,
     frame_appearances,
@@ -20,8 +20,7 @@ from refocus.reference.small_training import (
     train_small_reference,
 )
 
-TINY = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
-                            text_hidden=32, text_layers=1, text_heads=2)
+TINY = tiny_small_reference_config()
 
 
 def test_codes_are_unit_norm_equal_for_one_place_and_far_apart_for_two():

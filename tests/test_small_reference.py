@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_small_reference_config
 from transformers import LlavaForConditionalGeneration
 
 from refocus.data.questions import load_questions
@@ -35,8 +36,7 @@ from refocus.reference.small_training import (
 from refocus.seeding import seed_everything
 from refocus.video import load_video
 
-TINY = SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
-                            text_hidden=32, text_layers=1, text_heads=2)
+TINY = tiny_small_reference_config()
 
 
 @pytest.fixture(scope="module")

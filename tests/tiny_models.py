@@ -29,6 +29,15 @@ from refocus.reference.adapters._processor import image_only
 
 FAMILIES = ("llava", "internvl", "qwen2_5_vl", "llava_onevision", "smolvlm")
 
+
+def tiny_small_reference_config():
+    """The project's own small reference model at unit-test size (32 px frames, one token per
+    frame, one text layer of width 32)."""
+    from refocus.reference.small_model import SmallReferenceConfig
+
+    return SmallReferenceConfig(image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1),
+                                vision_heads=(2, 2), text_hidden=32, text_layers=1, text_heads=2)
+
 SYSTEM_CORPUS = (
     "You are a helpful assistant. Please choose the correct answer to the multiple-choice "
     "question regarding a video. The answer must be a single uppercase letter."
