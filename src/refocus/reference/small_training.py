@@ -508,9 +508,10 @@ def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None],
 
     ``order``: the rank of the object's first appearance among the shown objects ("1" first);
     ``compare``: how many separate appearances of it the frames show (at most 4; by
-    :func:`shown_runs`, with ``appearances`` when given); "clutter" when none. The counterpart of :func:`option_evidence_targets` for questions that need
-    several frames: the first hop (what the frames say about each option), supervised where
-    the answer alone is a hard target to reach (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
+    :func:`shown_runs`, with ``appearances`` when given); "clutter" when none. The counterpart
+    of :func:`option_evidence_targets` for questions that need several frames: the first hop
+    (what the frames say about each option), supervised where the answer alone is a hard
+    target to reach (benchmarks/RESULTS.md, "`multi` becomes learnable")."""
     if item.category not in ("order", "compare") or not shown:
         return {}
     runs = shown_runs(shown, appearances)
