@@ -4,7 +4,7 @@ Trains only the ``align`` stage (frames given as the words of the object they sh
 tower) on the ``--train`` benchmarks, then scores held-out questions (``--held``) the same way,
 per category, from subsets that cover every evidence span (``positive``, as training draws
 them), from the oracle's subsets (``oracle``: evidence frames first, whole appearances one after
-another, :func:`refocus.selectors.oracle.oracle_indices`) or from none (``negative``), at K = 4
+another, :func:`refocus.data.indices.oracle_indices`) or from none (``negative``), at K = 4
 and 8. Since the end-to-end accuracy is bounded by this stage's, a
 task at chance here is a language-model (circuit) problem, not a vision or resolution one.
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> None:
     import torch
 
+    from refocus.data.indices import oracle_indices
     from refocus.data.questions import load_questions
     from refocus.reference import small_training as st
     from refocus.reference.small_model import (
@@ -40,7 +41,6 @@ def main() -> None:
         build_small_reference,
     )
     from refocus.seeding import seed_everything
-    from refocus.selectors.oracle import oracle_indices
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", action="append", required=True)
@@ -93,6 +93,7 @@ def main() -> None:
     model.eval()
     tally: dict = defaultdict(lambda: [0, 0])
     eval_rng = np.random.default_rng(999)
+    scale = steps.code_scale()
     with torch.no_grad():
         for k in cfg.frames_per_example:
             for kind in ("positive", "oracle", "negative"):
@@ -104,9 +105,8 @@ def main() -> None:
                         chosen = oracle_indices(v.timestamps, it.evidence, k) if kind == "oracle" else \
                             st.sample_subset(eval_rng, v, k, kind)
                         batch.append((it, [v.objects[i] for i in chosen]))
-                        codes.append(steps.frame_codes(v, chosen))
-                    hidden, _ = st._pseudo_forward(model, steps.prompts, steps.word_ids, batch, steps.tokens,
-                                                   codes if cfg.appearance_codes else None)
+                        codes.append(steps.frame_codes(v, chosen, scale))
+                    hidden, _ = st._pseudo_forward(model, steps.prompts, steps.word_ids, batch, steps.tokens, codes)
                     logits = st._masked_option_logits(model.lm_head(hidden[:, -1]).float()[:, steps.letter_ids], chunk)
                     for it, p in zip(chunk, logits.argmax(-1).tolist(), strict=True):
                         for cat in (it.category, "all"):

@@ -119,7 +119,7 @@ class SmallReferenceTrainConfig:
     ``augment_rotations``."""
     oracle_subset_fraction: float = 0.0
     """Share of the subsets with evidence that are the oracle's (evidence frames first, every
-    span in turn, then uniform: :func:`refocus.selectors.oracle.oracle_indices`), so that whole
+    span in turn, then uniform: :func:`refocus.data.indices.oracle_indices`), so that whole
     appearances shown one after another are trained on, as the oracle and a good policy show
     them; the rest hold 1 .. ``max_frames_per_span`` frames per span among haystack frames.
     0 = never."""
@@ -207,7 +207,7 @@ def video_for(item: QAItem, frames: np.ndarray, timestamps: np.ndarray) -> _Vide
         if events is not None:
             geometry[appearances >= 0] = events[appearances[appearances >= 0]]
     return _Video(frames, mask, evidence_spans_frames(timestamps, item.evidence),
-                  frame_objects(item, timestamps), timestamps, appearances, geometry)
+                  _objects_shown(item, appearances), timestamps, appearances, geometry)
 
 
 def _events(meta: dict) -> list[tuple[tuple[str, str], list[int]]] | None:
@@ -240,7 +240,11 @@ def frame_appearances(item: QAItem, timestamps: np.ndarray) -> np.ndarray | None
 def frame_objects(item: QAItem, timestamps: np.ndarray) -> list[tuple[str, str] | None]:
     """The object each decoded frame shows, from a synthetic item's ``meta``; [] if unknown
     (see :func:`frame_appearances`)."""
-    appearances = frame_appearances(item, timestamps)
+    return _objects_shown(item, frame_appearances(item, timestamps))
+
+
+def _objects_shown(item: QAItem, appearances: np.ndarray | None) -> list[tuple[str, str] | None]:
+    """The object of each frame given which event it shows (:func:`frame_appearances`)."""
     if appearances is None:
         return []
     objects = [obj for obj, _ in _events(item.meta)]
@@ -491,14 +495,19 @@ def shown_runs(shown: list[tuple[str, str] | None], appearances: Sequence[int] |
     order, can tell apart as separate appearances. With ``appearances`` (which event each shown
     frame is, as :func:`frame_appearances`; frames that can be told apart by their appearance
     codes) a new run starts wherever the event changes."""
-    runs: list[tuple[str, str]] = []
+    return [obj for obj, new in zip(shown, _appearance_starts(shown, appearances), strict=True) if new]
+
+
+def _appearance_starts(shown: list[tuple[str, str] | None], appearances: Sequence[int] | None) -> list[bool]:
+    """Per shown frame, whether it starts a new appearance of its object (never for haystack):
+    where the object changes, or with ``appearances`` where the event changes."""
+    starts: list[bool] = []
     prev = None
     for i, obj in enumerate(shown):
         key = obj if appearances is None else (obj, int(appearances[i]))
-        if obj is not None and key != prev:
-            runs.append(obj)
+        starts.append(obj is not None and key != prev)
         prev = key
-    return runs
+    return starts
 
 
 def multi_option_targets(item: QAItem, shown: list[tuple[str, str] | None],
@@ -535,16 +544,10 @@ def frame_ordinals(shown: list[tuple[str, str] | None], appearances: Sequence[in
     in :func:`shown_runs`: by event with ``appearances``, else by runs of consecutive frames."""
     seen: dict = {}
     out: list[int] = []
-    prev = None
-    for i, obj in enumerate(shown):
-        key = obj if appearances is None else (obj, int(appearances[i]))
-        if obj is None:
-            out.append(0)
-        else:
-            if key != prev:
-                seen[obj] = seen.get(obj, 0) + 1
-            out.append(min(seen[obj], 4))
-        prev = key
+    for obj, new in zip(shown, _appearance_starts(shown, appearances), strict=True):
+        if new:
+            seen[obj] = seen.get(obj, 0) + 1
+        out.append(0 if obj is None else min(seen[obj], 4))
     return out
 
 
@@ -638,13 +641,6 @@ def _describable(item: QAItem, video: _Video) -> bool:
     return any(o is not None for o in video.objects)
 
 
-def _code_scale(model, word_ids: dict[str, int], weight: float) -> float:
-    """Norm of an appearance code: ``weight`` x the mean norm of the colour and shape words."""
-    ids = [i for w, i in word_ids.items() if w != "clutter"]
-    with torch.no_grad():
-        return weight * float(model.get_input_embeddings().weight[ids].norm(dim=-1).mean())
-
-
 def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | None = None,
                     return_slots: bool = False):
     """Language-model forward where each frame's image tokens are word tokens (stage 1).
@@ -671,7 +667,7 @@ def _pseudo_forward(model, prompts, word_ids, batch, tokens: int, codes: list | 
     slots = input_ids == image_id  # row-major order: frame by frame, slot by slot, as ``pairs``
     pair = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
     frame_embeds = _pair_embeddings(model, pair[:, 0], pair[:, 1])
-    if codes is not None:
+    if codes is not None and any(c is not None for c in codes):
         width = frame_embeds.shape[-1]
         extra = np.concatenate([np.zeros((len(objs), width), np.float32) if c is None else c
                                 for (_, objs), c in zip(batch, codes, strict=True)])
@@ -865,28 +861,36 @@ class _StageSteps:
             return None
         return [int(video.appearances[i]) for i in chosen]
 
-    def frame_codes(self, video: _Video, chosen: list[int]) -> np.ndarray | None:
-        """(K, D) appearance codes of the chosen frames (zeros where no object), or None."""
+    def code_scale(self) -> float:
+        """Norm of an appearance code now: ``appearance_code_weight`` x the mean norm of the
+        colour and shape word embeddings (it follows them as they train)."""
+        ids = [i for w, i in self.word_ids.items() if w != "clutter"]
+        with torch.no_grad():
+            weights = self.model.get_input_embeddings().weight[ids]
+            return self.cfg.appearance_code_weight * float(weights.norm(dim=-1).mean())
+
+    def frame_codes(self, video: _Video, chosen: list[int], scale: float) -> np.ndarray | None:
+        """(K, D) appearance codes of the chosen frames at norm ``scale`` (zeros where no
+        object), or None without appearance codes."""
         if not self.cfg.appearance_codes or video.geometry is None:
             return None
-        scale = _code_scale(self.model, self.word_ids, self.cfg.appearance_code_weight)
         return scale * appearance_codes(video.geometry[chosen], self.model.config.text_config.hidden_size)
 
     def align_step(self) -> tuple[torch.Tensor, float]:
         """Stage 1: the language model learns to answer from frames given as words."""
         k, drawn, kinds_ = self.draw_batch(self.described)
         batch, items_, codes, appearances = [], [], [], []
+        scale = self.code_scale() if self.cfg.appearance_codes else 0.0
         for it, kind in zip(drawn, kinds_, strict=True):
             it, v = self.fresh_plan(*self.example(it))
             items_.append(it)
             chosen = self.subset(it, v, k, kind)
             batch.append((it, [v.objects[i] for i in chosen]))
-            codes.append(self.frame_codes(v, chosen))
+            codes.append(self.frame_codes(v, chosen, scale))
             appearances.append(self.shown_appearances(v, chosen))
         hidden, option_pos, slots = _pseudo_forward(self.model, self.prompts, self.word_ids, batch, self.tokens,
-                                                    codes if self.cfg.appearance_codes else None, return_slots=True)
+                                                    codes, return_slots=True)
         shown = [objs for _, objs in batch]
-        appearances = appearances if self.cfg.appearance_codes else None
         loss, acc = self.answer_loss(hidden, option_pos, items_, kinds_, shown, appearances)
         if self.cfg.frame_ordinal_weight and self.tokens == 1 and all(w in self.vocab for w in MULTI_TARGET_WORDS):
             ordinal = _frame_ordinal_loss(self.model, hidden, slots, items_, shown, self.vocab, appearances)
@@ -921,14 +925,11 @@ class _StageSteps:
             target = _word_frame_embeddings(self.model, self.word_ids, [
                 ["clutter"] if c is None else [c, s] for c, s in zip(colours, shapes, strict=True)], self.tokens)
             if cfg.appearance_codes:
-                unknown = np.full((1, 3), np.nan)
-                geometry = np.concatenate([
-                    np.stack([videos[key].geometry[i] if videos[key].geometry is not None else unknown[0]
-                              for key, i in picks]) if picks else unknown[:0],
-                    np.array(p_geometry, dtype=np.float64).reshape(-1, 3), np.repeat(unknown, n_hay, axis=0)])
+                unknown = (np.nan, np.nan, np.nan)
+                rows = [videos[key].geometry[i] if videos[key].geometry is not None else unknown for key, i in picks]
+                geometry = np.array(rows + p_geometry + [unknown] * n_hay, dtype=np.float64).reshape(-1, 3)
                 geometry = moved_geometry(geometry, moves["mirrored"], moves["shifts"], frames.shape[1])
-                codes = _code_scale(self.model, self.word_ids, cfg.appearance_code_weight) * appearance_codes(
-                    geometry, target.shape[-1])
+                codes = self.code_scale() * appearance_codes(geometry, target.shape[-1])
                 target = target + torch.from_numpy(codes).to(target.dtype).unsqueeze(1)
         pred = _image_tokens(self.model, pixel_values_from_frames(frames))
         return F.mse_loss(pred, target) / target.pow(2).mean(), float("nan")
@@ -945,8 +946,7 @@ class _StageSteps:
             shown.append([v.objects[i] for i in chosen] if v.objects else [])
             appearances.append(self.shown_appearances(v, chosen))
         hidden, option_pos = _batch_forward(self.model, self.prompts, batch)
-        return self.answer_loss(hidden, option_pos, items_, kinds_, shown,
-                                appearances if self.cfg.appearance_codes else None)
+        return self.answer_loss(hidden, option_pos, items_, kinds_, shown, appearances)
 
 
 def _run_stage(model, stage: Stage, cfg: SmallReferenceTrainConfig, history: list[dict], progress: bool) -> None:
