@@ -43,20 +43,21 @@ def _cached(path: Path, build):
     return out
 
 
-def _data(args, root: Path) -> tuple[Path, Path, Path]:
-    """multi train / held-out splits, and a niah training split for the reference model."""
+def _data(args, root: Path) -> tuple[Path, Path, Path | None]:
+    """multi train / held-out splits, and (unless ``--reference`` is given) a niah split for the reference model."""
     from refocus.data.synth import make_benchmark
 
     lo, hi = (int(x) for x in args.frames.split(","))
+    splits = [("multi", "train", args.train_videos, args.seed), ("multi", "heldout", args.heldout_videos, args.seed + 1)]
+    if args.reference is None:  # the reference model is trained here: its colours and shapes come from niah
+        splits.append(("niah", "train", args.niah_videos, args.seed + 2))
     split = {}
-    for kind, name, videos, seed in (("multi", "train", args.train_videos, args.seed),
-                                     ("multi", "heldout", args.heldout_videos, args.seed + 1),
-                                     ("niah", "train", args.niah_videos, args.seed + 2)):
+    for kind, name, videos, seed in splits:
         d = root / f"{kind}-{name}"
         if not (d / "qa.jsonl").is_file():
             make_benchmark(kind, d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
         split[f"{kind}-{name}"] = d / "qa.jsonl"
-    return split["multi-train"], split["multi-heldout"], split["niah-train"]
+    return split["multi-train"], split["multi-heldout"], split.get("niah-train")
 
 
 def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
@@ -65,6 +66,8 @@ def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
     from refocus.data.questions import load_questions
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
+    if args.reference is not None:
+        return args.reference
     ref = root / "reference"
     if not (ref / "reference_train.json").is_file():
         cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
@@ -220,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heldout-videos", type=int, default=90)
     p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
     p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="a trained small reference model (e.g. the README's multi recipe) instead of training one "
+                        "with the stage sizes below")
     p.add_argument("--align-steps", type=int, default=200)
     p.add_argument("--vision-steps", type=int, default=300)
     p.add_argument("--joint-steps", type=int, default=150)
@@ -308,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "heldout_evaluated": args.max_heldout or args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
                     "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
-                    "reference_steps": [args.align_steps, args.vision_steps, args.joint_steps],
+                    "reference": str(args.reference) if args.reference else None,
+                    "reference_steps": None if args.reference else [args.align_steps, args.vision_steps, args.joint_steps],
                     "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},
     }
     png = args.plot or root / "ktr.png"
