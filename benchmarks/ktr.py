@@ -4,11 +4,9 @@
 Steps (each cached under ``--out``, so a rerun resumes where it stopped; ``--seeds 0`` and
 ``--seeds 1`` may run as two processes on one ``--out``, then ``--seeds 0,1`` aggregates):
 
-1. a training and a held-out ``multi`` split (different seeds);
-2. the small reference model, trained on the training split plus a niah split (its first two
-   stages learn colours and shapes from niah needles); stages far shorter than the demo's
-   (200 / 300 / 150 steps, batch 16) so the whole benchmark fits about an hour on a 2-core
-   machine shared with other jobs;
+1. a training and a held-out ``multi`` split (different seeds, 32-64 frames);
+2. the small reference model (or ``--reference DIR``): :data:`MULTI_REFERENCE_RECIPE` on its own
+   ``query`` / ``niah`` / ``multi`` splits, disjoint from the answerers';
 3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
 4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
    ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
@@ -43,37 +41,48 @@ def _cached(path: Path, build):
     return out
 
 
-def _data(args, root: Path) -> tuple[Path, Path, Path | None]:
-    """multi train / held-out splits, and (unless ``--reference`` is given) a niah split for the reference model."""
+MULTI_REFERENCE_RECIPE = {"fresh_plan_fraction": 0.9, "multi_option_targets": True, "align_steps": 6000,
+                          "frame_ordinal_weight": 1.0, "oracle_subset_fraction": 0.3, "appearance_codes": True}
+"""The README's `multi` reference recipe (benchmarks/RESULTS.md, "`multi` on the oracle's frames"):
+the only small-reference setting measured well above chance on `multi` (0.62 / 0.68 from the
+oracle's frames at K = 8, two seeds). The default stage sizes stay at chance there."""
+
+
+def _data(args, root: Path) -> tuple[Path, Path]:
+    """multi train / held-out splits for the answerers (different seeds)."""
     from refocus.data.synth import make_benchmark
 
     lo, hi = (int(x) for x in args.frames.split(","))
-    splits = [("multi", "train", args.train_videos, args.seed), ("multi", "heldout", args.heldout_videos, args.seed + 1)]
-    if args.reference is None:  # the reference model is trained here: its colours and shapes come from niah
-        splits.append(("niah", "train", args.niah_videos, args.seed + 2))
     split = {}
-    for kind, name, videos, seed in splits:
-        d = root / f"{kind}-{name}"
+    for name, videos, seed in (("train", args.train_videos, args.seed), ("heldout", args.heldout_videos, args.seed + 1)):
+        d = root / f"multi-{name}"
         if not (d / "qa.jsonl").is_file():
-            make_benchmark(kind, d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
-        split[f"{kind}-{name}"] = d / "qa.jsonl"
-    return split["multi-train"], split["multi-heldout"], split.get("niah-train")
+            make_benchmark("multi", d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
+        split[name] = d / "qa.jsonl"
+    return split["train"], split["heldout"]
 
 
-def _reference(args, root: Path, train_qa: Path, niah_qa: Path) -> Path:
-    """The small reference model on niah + multi: its word-frame and vision stages need the
-    niah needles (what a colour / shape looks like), its joint stage answers both."""
+def _reference(args, root: Path) -> Path:
+    """The small reference model (the starting answerer and the policy's reward model), unless
+    ``--reference`` names one: trained with :data:`MULTI_REFERENCE_RECIPE` on its own
+    ``query`` / ``niah`` / ``multi`` splits (160 videos each, the synth default lengths, seed + 2),
+    disjoint from the answerers' splits. About 15 minutes on 2 cores."""
     from refocus.data.questions import load_questions
+    from refocus.data.synth import make_benchmark
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
     if args.reference is not None:
         return args.reference
     ref = root / "reference"
     if not (ref / "reference_train.json").is_file():
-        cfg = SmallReferenceTrainConfig(seed=args.seed, align_steps=args.align_steps, vision_steps=args.vision_steps,
-                                        steps=args.joint_steps, batch_size=args.reference_batch,
-                                        vision_batch_size=2 * args.reference_batch)
-        train_small_reference(load_questions(train_qa) + load_questions(niah_qa), ref, cfg, progress=True)
+        items = []
+        for kind in ("query", "niah", "multi"):
+            d = root / f"reference-data-{kind}"
+            if not (d / "qa.jsonl").is_file():
+                make_benchmark(kind, d, videos=args.reference_videos, seed=args.seed + 2, progress=False, workers=2)
+            items += load_questions(d / "qa.jsonl")
+        train_small_reference(items, ref, SmallReferenceTrainConfig(seed=args.seed, **MULTI_REFERENCE_RECIPE),
+                              progress=True)
     return ref
 
 
@@ -91,7 +100,16 @@ def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
     return out / "policy"
 
 
-def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[str, Path]:
+def _run_name(args, method: str) -> str:
+    """The run folder of an RL method: ``grpo`` / ``ktr`` on uniform frames, ``grpo-on-refocus`` ..."""
+    return method if args.rl_frames == "uniform" else f"{method}-on-{args.rl_frames}"
+
+
+def _rl_selector(args, policy: Path | None) -> str:
+    return f"policy:{policy}" if args.rl_frames == "refocus" else args.rl_frames
+
+
+def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int, policy: Path | None) -> dict[str, Path]:
     from refocus.answerer.config import load_answerer_config
     from refocus.answerer.data import load_items
     from refocus.answerer.sft import SFTConfig, train_sft
@@ -103,14 +121,14 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int) -> dict[s
         train_sft(train_qa, ref, sft, SFTConfig(steps=args.sft_steps, seed=seed), progress=True)
     out = {"sft": sft}
     for method in ("grpo", "ktr"):
-        run = root / f"seed{seed}" / method
+        run = root / f"seed{seed}" / _run_name(args, method)
         if not (run / "answerer" / "config.json").is_file():
             cfg = load_answerer_config(args.config, method=method, max_steps=args.steps, seed=seed)
             if args.lr is not None:
                 cfg.learning_rate = args.lr
             if args.questions_per_step is not None:
                 cfg.per_device_train_batch_size = args.questions_per_step
-            trainer = AnswererTrainer(cfg, load_items(train_qa), sft, get_selector("uniform", seed=seed), run,
+            trainer = AnswererTrainer(cfg, load_items(train_qa), sft, get_selector(_rl_selector(args, policy), seed=seed), run,
                                       resume=(run / "checkpoints" / "latest").is_file())
             trainer.train()
         out[method] = run / "answerer"
@@ -148,26 +166,26 @@ def _attribution(answerer_dir: Path, heldout_qa: Path, budget: int, max_items: i
     return attribution_precision(a, items, EvidenceVideos(a.image_size), k=budget)
 
 
-def _curves(root: Path, seeds: list[int]) -> dict:
+def _curves(args, root: Path, seeds: list[int]) -> dict:
     curves = {}
     for method in ("grpo", "ktr"):
         per_seed = []
         for seed in seeds:
-            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            path = root / f"seed{seed}" / _run_name(args, method) / "metrics.jsonl"
             rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
             per_seed.append([r.get("reward/accuracy") for r in rows])
         curves[method] = per_seed
     return curves
 
 
-def _training_summary(root: Path, seeds: list[int]) -> dict:
+def _training_summary(args, root: Path, seeds: list[int]) -> dict:
     """Per method, means over seeds of: rollout accuracy in the first / last 10 steps, grad
     norm, share of groups with zero reward spread (no gradient in either method), kept share."""
     out = {}
     for method in ("grpo", "ktr"):
         rows_by_seed = []
         for seed in seeds:
-            path = root / f"seed{seed}" / method / "metrics.jsonl"
+            path = root / f"seed{seed}" / _run_name(args, method) / "metrics.jsonl"
             if path.is_file():
                 rows_by_seed.append([json.loads(x) for x in path.read_text().splitlines()])
 
@@ -219,20 +237,19 @@ def _plot(result: dict, curves: dict, png: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-ktr"))
-    p.add_argument("--train-videos", type=int, default=240)
+    p.add_argument("--train-videos", type=int, default=1000,
+                   help="multi training videos (SFT at 240 memorised its rationales: 0.39 generated vs 0.64 option-logit)")
     p.add_argument("--heldout-videos", type=int, default=90)
-    p.add_argument("--niah-videos", type=int, default=160, help="niah videos for the reference model's training")
-    p.add_argument("--frames", default="32,64", help="MIN,MAX video length (frames at 4 fps)")
+    p.add_argument("--frames", default="32,64", help="MIN,MAX video length of the multi splits (frames at 4 fps)")
     p.add_argument("--reference", type=Path, default=None,
-                   help="a trained small reference model (e.g. the README's multi recipe) instead of training one "
-                        "with the stage sizes below")
-    p.add_argument("--align-steps", type=int, default=200)
-    p.add_argument("--vision-steps", type=int, default=300)
-    p.add_argument("--joint-steps", type=int, default=150)
-    p.add_argument("--reference-batch", type=int, default=16, help="reference training batch (vision: twice)")
-    p.add_argument("--policy-steps", type=int, default=40)
-    p.add_argument("--sft-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=40, help="GRPO and KTR steps (equal)")
+                   help="a trained small reference model instead of training one with the multi recipe")
+    p.add_argument("--reference-videos", type=int, default=160, help="videos per task of the reference's training splits")
+    p.add_argument("--policy-steps", type=int, default=120, help="ReFoCUS policy steps (tiny.yaml's whole run)")
+    p.add_argument("--sft-steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=200, help="GRPO and KTR steps (equal)")
+    p.add_argument("--rl-frames", choices=["uniform", "refocus", "oracle"], default="uniform",
+                   help="frames the answerers see in GRPO / KTR: uniform (the Video-KTR authors' protocol), the "
+                        "ReFoCUS policy's, or the synthetic oracle's (a diagnosis: the evidence always in view)")
     p.add_argument("--config", default=None, help="answerer RL config (default configs/answerer_tiny.yaml)")
     p.add_argument("--lr", type=float, default=None, help="override the config's learning rate (both methods)")
     p.add_argument("--questions-per-step", type=int, default=None, help="override the config's questions per RL step")
@@ -255,21 +272,24 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.out
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train_qa, heldout_qa, niah_qa = _data(args, root)
-    ref = _reference(args, root, train_qa, niah_qa)
-    all_dirs = {seed: _answerers(args, root, train_qa, ref, seed) for seed in seeds}
-    policy = _policy(args, root, train_qa, ref)  # needed only to evaluate, so seeds can train first
+    train_qa, heldout_qa = _data(args, root)
+    ref = _reference(args, root)
+    # the policy is needed first only when the answerers train on its frames
+    policy = _policy(args, root, train_qa, ref) if args.rl_frames == "refocus" else None
+    all_dirs = {seed: _answerers(args, root, train_qa, ref, seed, policy) for seed in seeds}
+    policy = _policy(args, root, train_qa, ref)
     evals: dict = {}
     attribution: dict = {}
     for seed, dirs in all_dirs.items():
+        tags = {name: name if name == "sft" else _run_name(args, name) for name in dirs}
         for name, d in dirs.items():
             for sel, spec in (("uniform", "uniform"), ("refocus", f"policy:{policy}")):
                 key = f"{name}_{sel}_seed{seed}"
-                evals[key] = _cached(root / "eval" / f"{key}.json",
+                evals[key] = _cached(root / "eval" / f"{tags[name]}_{sel}_seed{seed}.json",
                                      lambda d=d, spec=spec: _evaluate(d, heldout_qa, spec, args.budget,
                                                                       args.max_new_tokens, args.max_heldout))
         for name in ("sft", "ktr"):
-            attribution[f"{name}_seed{seed}"] = _cached(root / "eval" / f"attribution_{name}_seed{seed}.json",
+            attribution[f"{name}_seed{seed}"] = _cached(root / "eval" / f"attribution_{tags[name]}_seed{seed}.json",
                                                         lambda d=dirs[name]: _attribution(d, heldout_qa, args.budget, args.max_heldout))
     ref_eval = _cached(root / "eval" / "reference_option_logits.json", lambda: {
         sel: _evaluate_logits(ref, heldout_qa, spec, args.budget, args.max_heldout)
@@ -303,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
             "visual_mask_answer_share": attr("ktr", "visual_mask_answer_share"),
         },
         "reference_option_logits": {k: v["accuracy"] for k, v in ref_eval.items()},
-        "training": _training_summary(root, seeds),
+        "training": _training_summary(args, root, seeds),
         "sft_heldout": {f"seed{s}": json.loads((root / f"seed{s}" / "sft" / "sft.json").read_text())["after"]
                         | {"option_logit_accuracy_before": json.loads(
                             (root / f"seed{s}" / "sft" / "sft.json").read_text())["before"]["option_logit_accuracy"]}
@@ -312,14 +332,14 @@ def main(argv: list[str] | None = None) -> dict:
                          "per_category": v["per_category"]} for k, v in evals.items()},
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
                     "heldout_evaluated": args.max_heldout or args.heldout_videos,
-                    "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps,
+                    "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps, "rl_frames": args.rl_frames,
                     "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
                     "reference": str(args.reference) if args.reference else None,
-                    "reference_steps": None if args.reference else [args.align_steps, args.vision_steps, args.joint_steps],
+                    "reference_recipe": None if args.reference else MULTI_REFERENCE_RECIPE,
                     "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},
     }
-    png = args.plot or root / "ktr.png"
-    _plot(result, _curves(root, seeds), png)
+    png = args.plot or root / ("ktr.png" if args.rl_frames == "uniform" else f"ktr-on-{args.rl_frames}.png")
+    _plot(result, _curves(args, root, seeds), png)
     print(f"{'answerer':10s} {'uniform':>8s} {'ReFoCUS':>8s}")
     for name in ("sft", "grpo", "ktr"):
         print(f"{name:10s} {accuracy[name]:8.3f} {accuracy[name + '_refocus']:8.3f}")
