@@ -7,7 +7,7 @@ Steps (each cached under ``--out``, so a rerun resumes where it stopped; ``--see
 1. a training and a held-out ``multi`` split (different seeds, 32-64 frames);
 2. the small reference model (or ``--reference DIR``): :data:`MULTI_REFERENCE_RECIPE` on its own
    ``query`` / ``niah`` / ``multi`` splits, disjoint from the answerers';
-3. a ReFoCUS frame-selection policy trained with that reference (``configs/tiny.yaml``);
+3. a ReFoCUS frame-selection policy trained with that reference (``configs/multi.yaml``);
 4. per seed: ``answerer sft`` from the reference model, then ``answerer train`` with
    ``--method grpo`` and ``--method ktr`` from that SFT checkpoint, at equal steps, with
    uniform frames (``configs/answerer_tiny.yaml``);
@@ -94,8 +94,7 @@ def _policy(args, root: Path, train_qa: Path, ref: Path) -> Path:
     while (out / "train_config.yaml").is_file() and not (out / "train_summary.json").is_file():
         time.sleep(20)  # another process of this benchmark (a --seeds split) is training it
     if not (out / "policy" / "config.json").is_file():
-        # --policy-steps may end before tiny.yaml's later curriculum stages: drop those
-        cfg = load_config(packaged_config("tiny"), seed=args.seed).shortened(args.policy_steps)
+        cfg = load_config(packaged_config("multi"), seed=args.seed, max_steps=args.policy_steps)
         train_policy(train_qa, ref, out, cfg, progress=True)
     return out / "policy"
 
@@ -118,7 +117,7 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int, policy: P
 
     sft = root / f"seed{seed}" / "sft"
     if not (sft / "sft.json").is_file():
-        train_sft(train_qa, ref, sft, SFTConfig(steps=args.sft_steps, seed=seed), progress=True)
+        train_sft(train_qa, ref, sft, SFTConfig(seed=seed, **({"steps": args.sft_steps} if args.sft_steps else {})), progress=True)
     out = {"sft": sft}
     for method in ("grpo", "ktr"):
         run = root / f"seed{seed}" / _run_name(args, method)
@@ -244,8 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference", type=Path, default=None,
                    help="a trained small reference model instead of training one with the multi recipe")
     p.add_argument("--reference-videos", type=int, default=160, help="videos per task of the reference's training splits")
-    p.add_argument("--policy-steps", type=int, default=120, help="ReFoCUS policy steps (tiny.yaml's whole run)")
-    p.add_argument("--sft-steps", type=int, default=2000)
+    p.add_argument("--policy-steps", type=int, default=200, help="ReFoCUS policy steps (configs/multi.yaml)")
+    p.add_argument("--sft-steps", type=int, default=None, help="answerer SFT steps (default: SFTConfig's, 2,000)")
     p.add_argument("--steps", type=int, default=200, help="GRPO and KTR steps (equal)")
     p.add_argument("--rl-frames", choices=["uniform", "refocus", "oracle"], default="uniform",
                    help="frames the answerers see in GRPO / KTR: uniform (the Video-KTR authors' protocol), the "
@@ -264,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from refocus.answerer.sft import SFTConfig
     from refocus.training.config import packaged_config
 
     torch.set_num_threads(args.threads)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
                     "heldout_evaluated": args.max_heldout or args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps, "rl_frames": args.rl_frames,
-                    "sft_steps": args.sft_steps, "policy_steps": args.policy_steps, "config": args.config,
+                    "sft_steps": args.sft_steps or SFTConfig().steps, "policy_steps": args.policy_steps, "config": args.config,
                     "reference": str(args.reference) if args.reference else None,
                     "reference_recipe": None if args.reference else MULTI_REFERENCE_RECIPE,
                     "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="DIR", help="synthetic benchmark dir (qa.jsonl) or a qa.jsonl")
     s.add_argument("--answerer", required=True, metavar="DIR", help="starting answerer (e.g. the small reference model)")
     s.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
-    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300)")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=None, help="examples per step (default 16)")
     s.add_argument("--frames", type=int, default=None, help="frames per example (default 8)")
     s.add_argument("--seed", type=int, default=0)
