@@ -150,8 +150,11 @@ def _evaluate(answerer_dir: Path, heldout_qa: Path, selector_spec: str, budget: 
     for cat in sorted({row["category"] for row in res["predictions"]}):
         mine = [row["generated_correct"] for row in res["predictions"] if row["category"] == cat]
         per_cat[cat] = float(np.mean(mine))
+    # option_logit_accuracy: the letter read-out right after the prompt; an answerer after SFT
+    # writes "<think>" there, so for it this is one fixed letter's share, not an answer
     return {"generated_accuracy": r["generated_accuracy"], "format_rate": r["format_rate"],
             "option_logit_accuracy": r["accuracy"], "evidence_recall": r["evidence_recall"],
+            "evidence_recall_all": r.get("evidence_recall_all"),
             "per_category": per_cat, "n": r["n_items"]}
 
 
