@@ -50,37 +50,29 @@ oracle's frames at K = 8, two seeds). The default stage sizes stay at chance the
 
 def _data(args, root: Path) -> tuple[Path, Path]:
     """multi train / held-out splits for the answerers (different seeds)."""
-    from refocus.data.synth import make_benchmark
+    from refocus.demo import _synth
 
-    lo, hi = (int(x) for x in args.frames.split(","))
-    split = {}
-    for name, videos, seed in (("train", args.train_videos, args.seed), ("heldout", args.heldout_videos, args.seed + 1)):
-        d = root / f"multi-{name}"
-        if not (d / "qa.jsonl").is_file():
-            make_benchmark("multi", d, videos=videos, frames=(lo, hi), seed=seed, progress=False, workers=2)
-        split[name] = d / "qa.jsonl"
-    return split["train"], split["heldout"]
+    frames = tuple(int(x) for x in args.frames.split(","))
+    return (_synth("multi", root / "multi-train", args.train_videos, frames, args.seed, False),
+            _synth("multi", root / "multi-heldout", args.heldout_videos, frames, args.seed + 1, False))
 
 
 def _reference(args, root: Path) -> Path:
     """The small reference model (the starting answerer and the policy's reward model), unless
     ``--reference`` names one: trained with :data:`MULTI_REFERENCE_RECIPE` on its own
-    ``query`` / ``niah`` / ``multi`` splits (160 videos each, the synth default lengths, seed + 2),
-    disjoint from the answerers' splits. About 15 minutes on 2 cores."""
+    ``query`` / ``niah`` / ``multi`` splits (160 videos each at the demo's reference-split
+    lengths, seed + 2), disjoint from the answerers' splits. About 15 minutes on 2 cores."""
     from refocus.data.questions import load_questions
-    from refocus.data.synth import make_benchmark
+    from refocus.demo import DemoConfig, _synth
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
     if args.reference is not None:
         return args.reference
     ref = root / "reference"
     if not (ref / "reference_train.json").is_file():
-        items = []
-        for kind in ("query", "niah", "multi"):
-            d = root / f"reference-data-{kind}"
-            if not (d / "qa.jsonl").is_file():
-                make_benchmark(kind, d, videos=args.reference_videos, seed=args.seed + 2, progress=False, workers=2)
-            items += load_questions(d / "qa.jsonl")
+        items = [it for kind in ("query", "niah", "multi")
+                 for it in load_questions(_synth(kind, root / f"reference-data-{kind}", args.reference_videos,
+                                                 DemoConfig().frames, args.seed + 2, False))]
         train_small_reference(items, ref, SmallReferenceTrainConfig(seed=args.seed, **MULTI_REFERENCE_RECIPE),
                               progress=True)
     return ref
@@ -117,7 +109,10 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int, policy: P
 
     sft = root / f"seed{seed}" / "sft"
     if not (sft / "sft.json").is_file():
-        train_sft(train_qa, ref, sft, SFTConfig(seed=seed, **({"steps": args.sft_steps} if args.sft_steps else {})), progress=True)
+        cfg = SFTConfig(seed=seed)
+        if args.sft_steps is not None:
+            cfg.steps = args.sft_steps
+        train_sft(train_qa, ref, sft, cfg, progress=True)
     out = {"sft": sft}
     for method in ("grpo", "ktr"):
         run = root / f"seed{seed}" / _run_name(args, method)
