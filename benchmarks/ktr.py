@@ -109,10 +109,14 @@ def _answerers(args, root: Path, train_qa: Path, ref: Path, seed: int, policy: P
 
     sft = root / f"seed{seed}" / "sft"
     if not (sft / "sft.json").is_file():
-        cfg = SFTConfig(seed=seed)
+        cfg = SFTConfig(seed=seed, rationale=args.rationale)
         if args.sft_steps is not None:
             cfg.steps = args.sft_steps
         train_sft(train_qa, ref, sft, cfg, progress=True)
+    done = json.loads((sft / "sft.json").read_text())["config"].get("rationale", "sequence")
+    if done != args.rationale:
+        sys.exit(f"error: {sft} was taught the {done!r} rationale, not --rationale {args.rationale}: "
+                 "use another --out for another template")
     out = {"sft": sft}
     for method in ("grpo", "ktr"):
         run = root / f"seed{seed}" / _run_name(args, method)
@@ -243,6 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference-videos", type=int, default=160, help="videos per task of the reference's training splits")
     p.add_argument("--policy-steps", type=int, default=200, help="ReFoCUS policy steps (configs/multi.yaml)")
     p.add_argument("--sft-steps", type=int, default=None, help="answerer SFT steps (default: SFTConfig's, 2,000)")
+    p.add_argument("--rationale", choices=["sequence", "scan"], default="scan",
+                   help="the answerers' rationale template (refocus.answerer.rationale): 'scan' (default) "
+                        "lists each event's place, object and rank in time, so the temporal words carry the "
+                        "frame order the temporal-aware mask tests; 'sequence' is 'first X , then Y ...', whose "
+                        "temporal words sit at fixed places (RESULTS, 'Answerer side')")
     p.add_argument("--steps", type=int, default=200, help="GRPO and KTR steps (equal)")
     p.add_argument("--rl-frames", choices=["uniform", "refocus", "oracle"], default="uniform",
                    help="frames the answerers see in GRPO / KTR: uniform (the Video-KTR authors' protocol), the "
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         "setting": {"benchmark": "multi", "train_videos": args.train_videos, "heldout_videos": args.heldout_videos,
                     "heldout_evaluated": args.max_heldout or args.heldout_videos,
                     "frames": args.frames, "budget": args.budget, "seeds": seeds, "rl_steps": args.steps, "rl_frames": args.rl_frames,
-                    "sft_steps": args.sft_steps or SFTConfig().steps, "policy_steps": args.policy_steps, "config": args.config,
+                    "sft_steps": args.sft_steps or SFTConfig().steps, "rationale": args.rationale, "policy_steps": args.policy_steps, "config": args.config,
                     "reference": str(args.reference) if args.reference else None,
                     "reference_recipe": None if args.reference else MULTI_REFERENCE_RECIPE,
                     "lr": args.lr, "questions_per_step": args.questions_per_step, "seconds": round(time.time() - t0, 1)},

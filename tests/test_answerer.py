@@ -60,6 +60,54 @@ def test_rationale_words_and_tags(multi):
     assert len(order.words) == len(order.tags)
 
 
+def test_scan_rationale_lists_what_and_where_by_place_then_the_frame_each_is_seen_in(multi):
+    from refocus.answerer.rationale import PLACES
+    from refocus.errors import RefocusError
+
+    def third(c, d, size):  # of the range the generator draws a centre from
+        m = d / 2 + 2
+        return min(2, int(3 * (c - m) / (size - 2 * m)))
+
+    items = {it.category: it for it in load_questions(multi)}
+    for category, item in items.items():
+        events = list(enumerate(item.meta["events"]))
+        if category == "count":
+            events = [(j, ev) for j, ev in events if f"{ev['color']} {ev['shape']}" == item.meta["target"]]
+        n_all = len(item.meta["events"])
+        shown = [-1] + [j for j in reversed(range(n_all)) for _ in range(2)]  # haystack, then each event twice
+        rat = build_rationale(item, "scan", shown)
+        body = list(rat.words[1:rat.words.index(".")])
+        cut = body.index(";")  # what and where per event, ";", then when (each event is in two shown frames)
+        assert cut == 3 * len(events) and len(body) == cut + 1 + 2 * len(events)
+        numbers = [int(w) for w in body[cut + 1:]]
+        listed = [(*body[3 * i:3 * i + 3], numbers[2 * i:2 * i + 2]) for i in range(len(events))]
+        assert len(listed) == len(events)
+        keys = [(PLACES.index(p), c, s) for p, c, s, _ in listed]
+        assert keys == sorted(keys)  # a spatial scan, then by name: no visual word follows frame order
+        size = item.meta["size"]
+        matched = set()
+        for place, color, shape, numbers in listed:
+            j = shown[numbers[0] - 1]  # the numbers name the shown frames (Frame1 = 1) the event is in
+            assert numbers == [i + 1 for i, e in enumerate(shown) if e == j]
+            ev = item.meta["events"][j]
+            assert (ev["color"], ev["shape"]) == (color, shape)
+            row, col = third(ev["center"][1], ev["diameter"], size), third(ev["center"][0], ev["diameter"], size)
+            assert PLACES[3 * row + col] == place
+            matched.add(j)
+        assert matched == {j for j, _ in events}
+        assert rat.tags[1:4] == ("visual",) * 3 and rat.tags[-6] == "temporal"
+        assert max(i for i, t in enumerate(rat.tags) if t == "visual") < min(
+            i for i, t in enumerate(rat.tags) if t == "temporal")  # no visual word after a frame number
+        assert rat.order_bearing == tuple(t == "temporal" for t in rat.tags)  # only the numbers follow frame order
+        assert rat.words[-2] == item.answer
+        with pytest.raises(RefocusError, match="none of the shown frames"):
+            build_rationale(item, "scan", [-1, -1])
+    seq = build_rationale(items["order"])
+    assert seq.order_bearing[2] and seq.order_bearing[3]  # sequence: the objects follow the order
+    with pytest.raises(RefocusError, match="template"):
+        build_rationale(items["order"], "story")
+
+
 def test_sft_extends_vocabulary_and_saves_a_reasoning_answerer(sft_dir, multi):
     summary = json.loads((sft_dir / "sft.json").read_text())
     assert "<think>" in summary["added_tokens"] and "then" in summary["added_tokens"]
@@ -70,6 +118,21 @@ def test_sft_extends_vocabulary_and_saves_a_reasoning_answerer(sft_dir, multi):
     ids = a.tokenizer(build_rationale(item).text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(build_rationale(item).words)  # one token per word: tags are token tags
     assert a.tokenizer.unk_token_id not in ids
+
+
+def test_sft_scan_template_is_saved_with_the_answerer(tmp_path, multi, small_dir):
+    from refocus.answerer.sft import rationale_template, target_ids
+
+    out = tmp_path / "scan"
+    assert main(["answerer", "sft", "--data", str(multi), "--answerer", str(small_dir), "--out", str(out),
+                 "--steps", "1", "--batch-size", "2", "--frames", "4", "--rationale", "scan"]) == 0
+    a = Answerer.load(out)
+    assert rationale_template(a) == "scan"
+    item = next(it for it in load_questions(multi) if it.category == "compare")
+    rat = build_rationale(item, "scan")
+    ids = target_ids(a, item)
+    assert len(ids) == len(rat.words) + 1 and a.tokenizer.unk_token_id not in ids
+    assert a.tokenizer.decode(ids[:-1]).split() == list(rat.words)
 
 
 @pytest.mark.parametrize("family", ["small", "qwen"])

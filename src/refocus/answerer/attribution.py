@@ -19,16 +19,17 @@ from refocus.answerer import ktr_math
 from refocus.answerer.data import EvidenceVideos, evidence_frames
 from refocus.answerer.generation import token_logprobs
 from refocus.answerer.rationale import build_rationale
-from refocus.answerer.sft import target_ids
+from refocus.answerer.sft import rationale_template, shown_events, target_ids
 from refocus.errors import RefocusError
 
 
-def rationale_scores(answerer, item, frames, rng: np.random.Generator) -> dict:
-    """Per-token visual / temporal / entropy scores of ``item``'s rationale, and its tags."""
+def rationale_scores(answerer, item, frames, rng: np.random.Generator, shown=None) -> dict:
+    """Per-token visual / temporal / entropy scores of ``item``'s rationale, and its tags
+    (``shown``: which event each frame shows, for templates that name frames)."""
     import torch
 
-    rat = build_rationale(item)
-    ids = target_ids(answerer, item)
+    rat = build_rationale(item, rationale_template(answerer), shown)
+    ids = target_ids(answerer, item, shown)
     if len(ids) != len(rat.words) + 1:
         raise RefocusError(f"{answerer.name}: the tokenizer splits rationale words ({len(ids) - 1} tokens for "
                            f"{len(rat.words)} words); attribution precision needs a word-level tokenizer")
@@ -42,9 +43,7 @@ def rationale_scores(answerer, item, frames, rng: np.random.Generator) -> dict:
         shuffled = answerer.encode(item, [frames[i] for i in perm])
         shuf = token_logprobs(answerer.completion_logits(shuffled, comp), comp)
     tags = list(rat.tags) + [None]
-    # Order-bearing: a temporal word, or (in an order rationale) an object word whose place in
-    # the list is set by when the object appeared, so shuffled frames change it.
-    order = [t == "temporal" or (t == "visual" and item.category == "order") for t in tags]
+    order = list(rat.order_bearing) + [False]
     return {"visual": (logp - masked)[0], "temporal": (logp - shuf)[0],
             "entropy": ktr_math.token_entropy(logits)[0], "tags": tags, "order_bearing": order}
 
@@ -58,7 +57,8 @@ def attribution_precision(answerer, items, videos: EvidenceVideos, k: int = 8, r
     rows = []
     for item in items:
         v = videos.get(item)
-        rows.append(rationale_scores(answerer, item, [v.frames[i] for i in evidence_frames(v, k, rng)], rng))
+        subset = evidence_frames(v, k, rng)
+        rows.append(rationale_scores(answerer, item, [v.frames[i] for i in subset], rng, shown_events(v, subset)))
     if not rows:
         raise RefocusError("no questions for attribution")
     c = max(len(r["tags"]) for r in rows)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from refocus.answerer.data import EvidenceVideos, evidence_frames
-from refocus.answerer.rationale import TEMPLATE_WORDS, build_rationale, has_rationale
+from refocus.answerer.rationale import TEMPLATE_WORDS, TEMPLATES, build_rationale, has_rationale
 from refocus.errors import RefocusError
 from refocus.io import write_json
 from refocus.video.config import DecodeConfig
@@ -48,7 +48,11 @@ class SFTConfig:
     val_fraction: float = 0.1
     max_val_questions: int = 60
     max_new_tokens: int = 64
-    """Greedy budget of the held-out answers (templated rationales are 10-25 tokens)."""
+    """Greedy budget of the held-out answers (templated rationales are 10-35 tokens)."""
+    rationale: str = "sequence"
+    """Rationale template (:data:`refocus.answerer.rationale.TEMPLATES`): ``sequence`` (the
+    issue's "first ..., then ..."), or ``scan`` (where / what / when per event, whose temporal
+    words carry the frame order). Saved in the checkpoint's config (``refocus_rationale``)."""
     seed: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """How videos are decoded (rate and frame cap; the size is the model's)."""
@@ -81,32 +85,45 @@ def extend_vocabulary(model, processor, words: list[str]) -> list[str]:
     return added
 
 
-def rationale_words(items) -> list[str]:
+def rationale_words(items, template: str = "sequence") -> list[str]:
     from refocus.data.synth.common import COLORS, SHAPES
     from refocus.reference.small_model import LETTERS
 
     return [*TEMPLATE_WORDS, *COLORS, *SHAPES, *LETTERS[:26]] + [
-        w for it in items for w in build_rationale(it).words
+        w for it in items for w in build_rationale(it, template).words
     ]
 
 
-def target_ids(answerer, item) -> list[int]:
-    """Token ids of the rationale followed by the stop token."""
-    ids = answerer.tokenizer(build_rationale(item).text, add_special_tokens=False)["input_ids"]
+def shown_events(video, subset) -> list[int] | None:
+    """Which event each frame of ``subset`` shows (-1 none), or None when the video's events are unknown."""
+    return None if video.appearances is None else [int(video.appearances[i]) for i in subset]
+
+
+def rationale_template(answerer) -> str:
+    """The template ``answerer`` was taught (``sequence`` for a model no SFT run has touched)."""
+    return getattr(answerer.model.config, "refocus_rationale", None) or "sequence"
+
+
+def target_ids(answerer, item, shown_events=None) -> list[int]:
+    """Token ids of the rationale (in the answerer's template; ``shown_events``: see
+    :func:`~refocus.answerer.rationale.build_rationale`) followed by the stop token."""
+    text = build_rationale(item, rationale_template(answerer), shown_events).text
+    ids = answerer.tokenizer(text, add_special_tokens=False)["input_ids"]
     return list(ids) + [answerer.stop_ids[-1]]
 
 
 def sft_batch(answerer, examples):
-    """examples: (item, frames list). Right-padded batch with labels on the targets only."""
+    """examples: (item, frames list, shown events or None). Right-padded batch with labels on the
+    targets only."""
     import torch
 
     rows, labels, pixels = [], [], []
     extra: dict[str, list] = {}
-    for item, frames in examples:
+    for item, frames, shown in examples:
         enc = answerer.processor(text=[answerer.prompt(item, len(frames))], images=[list(frames)],
                                  return_tensors="pt")
         prompt = enc["input_ids"][0].tolist()
-        target = target_ids(answerer, item)
+        target = target_ids(answerer, item, shown)
         rows.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
         pixels.append(enc["pixel_values"])
@@ -175,10 +192,12 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     from refocus.seeding import seed_everything
 
     cfg = cfg or SFTConfig()
+    if cfg.rationale not in TEMPLATES:
+        raise RefocusError(f"unknown rationale template {cfg.rationale!r}; choose from {', '.join(TEMPLATES)}")
     seed_everything(cfg.seed)
     t0 = time.time()
     skipped: list[dict] = []
-    items = [it for it in load_items(data) if it.evidence and has_rationale(it)]
+    items = [it for it in load_items(data) if it.evidence and has_rationale(it, cfg.rationale)]
     if not items:
         raise RefocusError(f"{data}: no questions with evidence spans and a rationale template (synthetic niah/multi)")
     adapter = load_reference(answerer_dir)
@@ -191,9 +210,10 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     answerer = Answerer.from_adapter(adapter)
     val_seed = cfg.seed + 1000  # the same held-out subsets before and after
     before = heldout_accuracy(None, val, videos, cfg.frames, cfg.max_new_tokens, val_seed, adapter=adapter)
-    added = extend_vocabulary(answerer.model, answerer.processor, rationale_words(items))
+    added = extend_vocabulary(answerer.model, answerer.processor, rationale_words(items, cfg.rationale))
     answerer = Answerer(answerer.model, answerer.processor, name=adapter.name, image_size=answerer.image_size)
     model = answerer.model
+    model.config.refocus_rationale = cfg.rationale
     set_train_mode(model, cfg.train_vision)
     for name, p in model.named_parameters():
         p.requires_grad_(cfg.train_vision or "vision_tower" not in name and "visual" not in name.split(".")[:3])
@@ -208,7 +228,8 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
         examples = []
         for it in picks:
             v = videos.get(it)
-            examples.append((it, [v.frames[i] for i in evidence_frames(v, cfg.frames, rng)]))
+            subset = evidence_frames(v, cfg.frames, rng)
+            examples.append((it, [v.frames[i] for i in subset], shown_events(v, subset)))
         batch, labels = sft_batch(answerer, examples)
         logits = model(**batch, use_cache=False).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=None, help="examples per step (default 16)")
     s.add_argument("--frames", type=int, default=None, help="frames per example (default 8)")
+    s.add_argument("--rationale", choices=("sequence", "scan"), default=None,
+                   help="rationale template: 'sequence' (default; 'first X , then Y ...') or 'scan' "
+                   "(per event where / what / when, the temporal words carrying the frame order)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sft)
 
@@ -49,7 +52,7 @@ def _sft(args: argparse.Namespace) -> int:
     from refocus.cli._common import summary
 
     cfg = SFTConfig(seed=args.seed)
-    for name in ("steps", "batch_size", "frames"):
+    for name in ("steps", "batch_size", "frames", "rationale"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     result = train_sft(args.data, args.answerer, args.out, cfg)
