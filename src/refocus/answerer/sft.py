@@ -48,7 +48,7 @@ class SFTConfig:
     val_fraction: float = 0.1
     max_val_questions: int = 60
     max_new_tokens: int = 64
-    """Greedy budget of the held-out answers (templated rationales are 10-35 tokens)."""
+    """Greedy budget of the held-out answers (templated rationales: 10-25 tokens, a scan up to 34 at 8 frames)."""
     rationale: str = "sequence"
     """Rationale template (:data:`refocus.answerer.rationale.TEMPLATES`): ``sequence`` (the
     issue's "first ..., then ..."), or ``scan`` (where / what / when per event, whose temporal
