@@ -100,8 +100,10 @@ def test_scan_rationale_lists_what_and_where_by_place_then_the_frame_each_is_see
             i for i, t in enumerate(rat.tags) if t == "temporal")  # no visual word after a frame number
         assert rat.order_bearing == tuple(t == "temporal" for t in rat.tags)  # only the numbers follow frame order
         assert rat.words[-2] == item.answer
-        with pytest.raises(RefocusError, match="none of the shown frames"):
-            build_rationale(item, "scan", [-1, -1])
+        unseen = build_rationale(item, "scan", [-1, -1])  # a scan says what the frames hold: nothing
+        assert "visual" not in unseen.tags and "temporal" not in unseen.tags
+        first_only = [j for j, _ in events[:1]]
+        assert sum(t == "visual" for t in build_rationale(item, "scan", first_only).tags) == 3
     seq = build_rationale(items["order"])
     assert seq.order_bearing[2] and seq.order_bearing[3]  # sequence: the objects follow the order
     with pytest.raises(RefocusError, match="template"):
@@ -133,6 +135,20 @@ def test_sft_scan_template_is_saved_with_the_answerer(tmp_path, multi, small_dir
     ids = target_ids(a, item)
     assert len(ids) == len(rat.words) + 1 and a.tokenizer.unk_token_id not in ids
     assert a.tokenizer.decode(ids[:-1]).split() == list(rat.words)
+    # attribution builds each scan from the frames it shows: the temporal words are the frame numbers
+    from refocus.answerer.attribution import attribution_precision
+    from refocus.answerer.data import EvidenceVideos
+    from refocus.answerer.rationale import FRAME_NUMBERS
+
+    items = load_questions(multi)[:6]
+    res = attribution_precision(a, items, EvidenceVideos(a.image_size), k=4, ratio=0.2)
+    visual = round(res["visual_base_rate"] * res["tokens"])
+    numbers = round(res["temporal_base_rate"] * res["tokens"])
+    assert visual > 0 and visual % 3 == 0  # place, colour, shape per event in view
+    assert visual // 3 <= numbers <= 4 * len(items)  # each event in view is in >= 1 of the 4 shown frames
+    assert res["tokens"] - visual - numbers == 8 * len(items)  # <think> ; . </think> <answer> X </answer> stop
+    assert res["order_bearing_base_rate"] == res["temporal_base_rate"]
+    assert len(FRAME_NUMBERS) >= 8
 
 
 @pytest.mark.parametrize("family", ["small", "qwen"])

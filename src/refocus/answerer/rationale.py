@@ -26,11 +26,12 @@ Two templates (:data:`TEMPLATES`):
     <think> northwest cyan star centre magenta square southeast red cross ; 4 5 1 7 . </think> <answer> D </answer>
 
   Events are listed by place, then by name, so the visual words do not depend on frame order
-  and the frame numbers carry it: shuffled frames change the frame numbers only. The rationale
-  depends on which frames are shown, so SFT and attribution build it per example. (Ranks among
-  the events, "first" / "second" ..., were tried first: the small answerer did not learn them
-  from the frames, benchmarks/RESULTS.md, "Answerer side".) ``count`` lists the target's appearances (the
-  evidence), ``order`` and ``compare`` every event; ``niah`` is the same in both templates.
+  and the frame numbers carry it: shuffled frames change the frame numbers only. A scan names
+  the evidence events the shown frames hold (``count``: the target's appearances; ``order``
+  and ``compare``: every event), so SFT and attribution build it per example. (Ranks among the
+  events, "first" / "second" ..., were tried first: the small answerer did not learn them from
+  the frames, benchmarks/RESULTS.md, "a rationale whose temporal words carry the frame order".)
+  ``niah`` is the same in both templates.
 """
 
 from __future__ import annotations
@@ -122,10 +123,7 @@ def _scan(meta: dict, category: str, shown_events) -> list[tuple[str, str | None
     size = float(meta["size"])
     shown = [int(e) for e in shown_events]
     frames = {j: [i for i, e in enumerate(shown) if e == j] for j, _ in events}
-    for j, where in frames.items():
-        if not where:
-            raise RefocusError(f"event {j} ({meta['events'][j]['color']} {meta['events'][j]['shape']}) is in "
-                               "none of the shown frames; a scan rationale needs every evidence event in view")
+    events = [(j, ev) for j, ev in events if frames[j]]  # what the shown frames hold, nothing else
     # By place, then by name: the list (and so every visual word) is the same whatever the
     # frames' order; only appearances of one object at one place fall back to time order, and
     # their words are the same.
@@ -142,7 +140,8 @@ def build_rationale(item, template: str = "sequence", shown_events=None) -> Rati
 
     ``shown_events``: for ``scan``, per shown frame in prompt order, which event of
     ``item.meta["events"]`` it shows (-1 none; :func:`refocus.reference.small_training.frame_appearances`);
-    None: every event shown once, in time order (the vocabulary, tests)."""
+    an evidence event in none of them is left out (a scan says what the frames hold). None:
+    every event shown once, in time order (the vocabulary, tests)."""
     if template not in TEMPLATES:
         raise RefocusError(f"unknown rationale template {template!r}; choose from {', '.join(TEMPLATES)}")
     meta, category = item.meta or {}, item.category
