@@ -259,9 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="answerer SFT steps (default 5,000 with --rationale scan, else SFTConfig's 2,000)")
     p.add_argument("--rationale", choices=["sequence", "scan"], default="scan",
                    help="the answerers' rationale template (refocus.answerer.rationale): 'scan' (default) "
-                        "lists each event's place, object and rank in time, so the temporal words carry the "
-                        "frame order the temporal-aware mask tests; 'sequence' is 'first X , then Y ...', whose "
-                        "temporal words sit at fixed places (RESULTS, 'Answerer side')")
+                        "lists each event's place and object, then the shown frames each is in, so the temporal "
+                        "words carry the frame order the temporal-aware mask tests; 'sequence' is 'first X , then "
+                        "Y ...', whose temporal words sit at fixed places (RESULTS, 'a rationale whose temporal "
+                        "words carry the frame order')")
     p.add_argument("--steps", type=int, default=200, help="GRPO and KTR steps (equal)")
     p.add_argument("--rl-frames", choices=["uniform", "refocus", "oracle"], default="uniform",
                    help="frames the answerers see in GRPO / KTR: uniform (the Video-KTR authors' protocol), the "

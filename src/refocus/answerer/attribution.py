@@ -19,7 +19,7 @@ from refocus.answerer import ktr_math
 from refocus.answerer.data import EvidenceVideos, evidence_frames
 from refocus.answerer.generation import token_logprobs
 from refocus.answerer.rationale import build_rationale
-from refocus.answerer.sft import rationale_template, shown_events, target_ids
+from refocus.answerer.sft import rationale_ids, rationale_template, shown_events
 from refocus.errors import RefocusError
 
 
@@ -29,7 +29,7 @@ def rationale_scores(answerer, item, frames, rng: np.random.Generator, shown=Non
     import torch
 
     rat = build_rationale(item, rationale_template(answerer), shown)
-    ids = target_ids(answerer, item, shown)
+    ids = rationale_ids(answerer, rat)
     if len(ids) != len(rat.words) + 1:
         raise RefocusError(f"{answerer.name}: the tokenizer splits rationale words ({len(ids) - 1} tokens for "
                            f"{len(rat.words)} words); attribution precision needs a word-level tokenizer")

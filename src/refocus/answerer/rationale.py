@@ -133,6 +133,12 @@ def _scan(meta: dict, category: str, shown_events) -> list[tuple[str, str | None
     return [*seen, (";", None), *((FRAME_NUMBERS[i], "temporal") for j, _ in placed for i in frames[j])]
 
 
+def check_template(template: str) -> None:
+    """Raise RefocusError unless ``template`` is one of :data:`TEMPLATES`."""
+    if template not in TEMPLATES:
+        raise RefocusError(f"unknown rationale template {template!r}; choose from {', '.join(TEMPLATES)}")
+
+
 def build_rationale(item, template: str = "sequence", shown_events=None) -> Rationale:
     """The rationale of a synthetic ``QAItem`` (categories order / count / compare of ``multi``,
     needle_color / needle_shape of ``niah``) in ``template`` (:data:`TEMPLATES`). Raises
@@ -142,8 +148,7 @@ def build_rationale(item, template: str = "sequence", shown_events=None) -> Rati
     ``item.meta["events"]`` it shows (-1 none; :func:`refocus.reference.small_training.frame_appearances`);
     an evidence event in none of them is left out (a scan says what the frames hold). None:
     every event shown once, in time order (the vocabulary, tests)."""
-    if template not in TEMPLATES:
-        raise RefocusError(f"unknown rationale template {template!r}; choose from {', '.join(TEMPLATES)}")
+    check_template(template)
     meta, category = item.meta or {}, item.category
     try:
         if template == "scan" and category in ("order", "count", "compare"):

@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from refocus.answerer.data import EvidenceVideos, evidence_frames
-from refocus.answerer.rationale import TEMPLATE_WORDS, TEMPLATES, build_rationale, has_rationale
+from refocus.answerer.rationale import (
+    TEMPLATE_WORDS,
+    build_rationale,
+    check_template,
+    has_rationale,
+)
 from refocus.errors import RefocusError
 from refocus.io import write_json
 from refocus.video.config import DecodeConfig
@@ -107,8 +112,12 @@ def rationale_template(answerer) -> str:
 def target_ids(answerer, item, shown_events=None) -> list[int]:
     """Token ids of the rationale (in the answerer's template; ``shown_events``: see
     :func:`~refocus.answerer.rationale.build_rationale`) followed by the stop token."""
-    text = build_rationale(item, rationale_template(answerer), shown_events).text
-    ids = answerer.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return rationale_ids(answerer, build_rationale(item, rationale_template(answerer), shown_events))
+
+
+def rationale_ids(answerer, rationale) -> list[int]:
+    """Token ids of a built rationale followed by the stop token."""
+    ids = answerer.tokenizer(rationale.text, add_special_tokens=False)["input_ids"]
     return list(ids) + [answerer.stop_ids[-1]]
 
 
@@ -192,8 +201,7 @@ def train_sft(data, answerer_dir, out_dir, cfg: SFTConfig | None = None, progres
     from refocus.seeding import seed_everything
 
     cfg = cfg or SFTConfig()
-    if cfg.rationale not in TEMPLATES:
-        raise RefocusError(f"unknown rationale template {cfg.rationale!r}; choose from {', '.join(TEMPLATES)}")
+    check_template(cfg.rationale)  # before anything loads: has_rationale would hide the reason
     seed_everything(cfg.seed)
     t0 = time.time()
     skipped: list[dict] = []

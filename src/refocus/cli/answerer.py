@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from refocus.answerer.rationale import TEMPLATES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("answerer", help="train the answerer's reasoning (SFT, GRPO, Video-KTR)")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=None, help="examples per step (default 16)")
     s.add_argument("--frames", type=int, default=None, help="frames per example (default 8)")
-    s.add_argument("--rationale", choices=("sequence", "scan"), default=None,
+    s.add_argument("--rationale", choices=TEMPLATES, default=None,
                    help="rationale template: 'sequence' (default; 'first X , then Y ...') or 'scan' "
                    "(per event where / what / when, the temporal words carrying the frame order)")
     s.add_argument("--seed", type=int, default=0)
