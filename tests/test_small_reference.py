@@ -379,3 +379,31 @@ def test_oracle_subset_fraction_trains_on_the_oracles_subsets(tmp_path):
     steps.cfg = SmallReferenceTrainConfig(oracle_subset_fraction=0.0, model=TINY)
     drawn = [steps.subset(usable[0], videos[str(usable[0].video)], 8, "positive") for _ in range(8)]
     assert any(d != drawn[0] for d in drawn)
+
+
+def test_multi_share_sets_the_share_of_multi_examples(tmp_path):
+    """``multi_share``: that share of a batch's examples come from `multi` items, whatever the
+    split sizes; None draws in proportion to the items (here 1 in 4)."""
+    from refocus.reference.small_training import _decode_items, _StageSteps, training_tokenizer
+
+    items = (load_questions(make_benchmark("multi", tmp_path / "m", 2, (40, 48), seed=5))
+             + load_questions(make_benchmark("niah", tmp_path / "n", 6, (40, 48), seed=5)))
+    cfg = SmallReferenceTrainConfig(multi_share=0.8, batch_size=2000, model=TINY)
+    videos, usable, _ = _decode_items(items, cfg, False)
+    tokenizer = training_tokenizer(usable)
+    model, processor = build_small_reference(tokenizer, TINY)
+    steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
+
+    def multi_share(pool):
+        return np.mean([pool[i].category in ("order", "count", "compare") for i in steps.draw_indices(pool)])
+
+    assert abs(multi_share(usable) - 0.8) < 0.03
+    steps.cfg = SmallReferenceTrainConfig(multi_share=None, batch_size=2000, model=TINY)
+    assert abs(multi_share(usable) - 0.25) < 0.03
+    niah_only = [it for it in usable if it.category.startswith("needle")]
+    steps.cfg = SmallReferenceTrainConfig(multi_share=0.8, batch_size=100, model=TINY)
+    assert multi_share(niah_only) == 0.0  # nothing to draw from: the pool as it is
+    from refocus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multi_share"):
+        SmallReferenceTrainConfig(multi_share=1.5)

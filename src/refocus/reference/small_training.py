@@ -128,6 +128,12 @@ class SmallReferenceTrainConfig:
     object it is among the shown frames ("1" its first, "2" its second, ...; "clutter" for
     haystack; appearances told apart as in :func:`shown_runs`). The first hop of counting, which
     no other loss supervises for `count` (:func:`frame_ordinals`). 0 = off."""
+    multi_share: float | None = None
+    """Share of the examples of stages 1 and 3 drawn from `multi` items when the training set
+    mixes them with other tasks (None: in proportion to the items, a third with three equal
+    splits). `query` and `niah` are learnt in a fraction of stage 1's steps; `multi`'s counting
+    is still improving when they are (benchmarks/RESULTS.md, "Issue 19: `multi`'s share of
+    stage 1")."""
     appearance_code_weight: float = 1.0
     """Norm of an appearance code relative to the mean norm of the colour and shape word embeddings."""
     augment_rotations: bool = False
@@ -169,6 +175,8 @@ class SmallReferenceTrainConfig:
 
         if self.max_frames_per_span < 1:
             raise ConfigError(f"max_frames_per_span must be >= 1, got {self.max_frames_per_span}")
+        if self.multi_share is not None and not 0.0 <= self.multi_share <= 1.0:
+            raise ConfigError(f"multi_share must be in [0, 1] or None, got {self.multi_share}")
         if self.appearance_codes and self.augment_rotations:
             raise ConfigError("appearance_codes does not follow the turned frames of augment_rotations; "
                               "set one of them to false")
@@ -774,8 +782,19 @@ class _StageSteps:
     def draw_batch(self, pool: list[QAItem]) -> tuple[int, list[QAItem], list[str]]:
         rng, cfg = self.rng, self.cfg
         k = int(rng.choice(cfg.frames_per_example))
-        items_ = [shuffle_options(pool[i], rng) for i in rng.integers(0, len(pool), cfg.batch_size)]
+        items_ = [shuffle_options(pool[i], rng) for i in self.draw_indices(pool)]
         return k, items_, [self.KINDS[int(rng.choice(3, p=self.kind_p))] for _ in items_]
+
+    def draw_indices(self, pool: list[QAItem]) -> np.ndarray:
+        """``batch_size`` indices into ``pool``: uniform, or ``multi_share`` of them among its
+        `multi` items when it also holds others."""
+        rng, n, share = self.rng, self.cfg.batch_size, self.cfg.multi_share
+        multi = np.array([it.category in MULTI_CATEGORIES for it in pool])
+        if share is None or multi.all() or not multi.any():
+            return rng.integers(0, len(pool), n)
+        groups = np.flatnonzero(multi), np.flatnonzero(~multi)
+        from_multi = rng.random(n) < share
+        return np.where(from_multi, rng.choice(groups[0], n), rng.choice(groups[1], n))
 
     def example(self, item: QAItem) -> tuple[QAItem, _Video]:
         """The item and its decoded video; for a `query` item, ``requery_fraction`` of the time a
