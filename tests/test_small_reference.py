@@ -384,6 +384,7 @@ def test_oracle_subset_fraction_trains_on_the_oracles_subsets(tmp_path):
 def test_multi_share_sets_the_share_of_multi_examples(tmp_path):
     """``multi_share``: that share of a batch's examples come from `multi` items, whatever the
     split sizes; None draws in proportion to the items (here 1 in 4)."""
+    from refocus.data.synth.multi import CATEGORIES as MULTI_CATEGORIES
     from refocus.reference.small_training import _decode_items, _StageSteps, training_tokenizer
 
     items = (load_questions(make_benchmark("multi", tmp_path / "m", 2, (40, 48), seed=5))
@@ -395,7 +396,7 @@ def test_multi_share_sets_the_share_of_multi_examples(tmp_path):
     steps = _StageSteps(model, processor, tokenizer, cfg, np.random.default_rng(0), videos, usable)
 
     def multi_share(pool):
-        return np.mean([pool[i].category in ("order", "count", "compare") for i in steps.draw_indices(pool)])
+        return np.mean([pool[i].category in MULTI_CATEGORIES for i in steps.draw_indices(pool)])
 
     assert abs(multi_share(usable) - 0.8) < 0.03
     steps.cfg = SmallReferenceTrainConfig(multi_share=None, batch_size=2000, model=TINY)

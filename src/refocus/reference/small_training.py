@@ -789,8 +789,10 @@ class _StageSteps:
         """``batch_size`` indices into ``pool``: uniform, or ``multi_share`` of them among its
         `multi` items when it also holds others."""
         rng, n, share = self.rng, self.cfg.batch_size, self.cfg.multi_share
+        if share is None:
+            return rng.integers(0, len(pool), n)
         multi = np.array([it.category in MULTI_CATEGORIES for it in pool])
-        if share is None or multi.all() or not multi.any():
+        if multi.all() or not multi.any():
             return rng.integers(0, len(pool), n)
         groups = np.flatnonzero(multi), np.flatnonzero(~multi)
         from_multi = rng.random(n) < share
