@@ -208,3 +208,16 @@ def test_item_to_dict_omits_empty_optionals(tmp_path):
             meta={"m": 1},
         )
     )
+
+
+def test_errors_cross_a_process_boundary_intact():
+    """Workers of a process pool (synthetic data, the demo's second policy) send their errors
+    back pickled: every field and the message must survive, else the pool dies instead."""
+    import pickle
+
+    from refocus.errors import ConfigError, QuestionFileError, VideoError
+
+    for err in (QuestionFileError("q.jsonl", 3, "evidence", "must be a list"), QuestionFileError("q.jsonl", None, None, "empty"),
+                VideoError("v.mp4", "no video stream"), ConfigError("bad option")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)

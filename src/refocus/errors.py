@@ -18,6 +18,9 @@ class VideoError(RefocusError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # rebuilt from its fields, so it crosses a process pool intact
+        return type(self), (self.path, self.reason)
+
 
 class QuestionFileError(RefocusError):
     """A question file (JSONL) has an invalid line."""
@@ -30,6 +33,9 @@ class QuestionFileError(RefocusError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f" field '{field}':" if field else ""
         super().__init__(f"{where}:{what} {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.line, self.field, self.reason)
 
 
 class ConfigError(RefocusError):
