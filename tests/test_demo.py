@@ -31,6 +31,22 @@ def test_task_picks_the_budget_and_bad_tasks_fail():
         DemoConfig(task="haystack")
 
 
+def test_the_multi_demo_trains_a_reference_that_can_learn_multi():
+    """`multi` gets the recipe's switches (the defaults answer it at chance); the other tasks the
+    defaults; a demo's own overrides win, and every task's set is a valid training config."""
+    from refocus.demo import TASK_REFERENCE
+    from refocus.reference.small_training import SmallReferenceTrainConfig
+
+    multi = DemoConfig(task="multi").reference_overrides
+    assert multi["appearance_codes"] is True and multi["fresh_plan_fraction"] > 0 and multi["multi_share"] > 0.5
+    assert DemoConfig(task="query").reference_overrides == DemoConfig(task="niah").reference_overrides == {}
+    quick = DemoConfig.quick_config("multi").reference_overrides
+    assert quick["align_steps"] == 150 and quick["appearance_codes"] is True
+    assert set(TASK_REFERENCE) == set(TASKS)
+    for task in TASKS:
+        SmallReferenceTrainConfig(**DemoConfig(task=task).reference_overrides)
+
+
 def test_cached_splits_are_keyed_on_the_generators_version(monkeypatch):
     """A new SYNTH_VERSION names new split directories, so a cache written by older generators is
     not reused (nor the reference model trained on it, keyed on the splits' paths)."""
@@ -106,3 +122,50 @@ def test_a_tiny_demo_runs_every_stage(task, tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert all(f"| {n} |" in report for n in names)
     assert ("## Per category" in report) == (task == "multi")
+
+
+def test_side_by_side_training_equals_one_after_another(tmp_path, monkeypatch):
+    """The demo's two policies trained in two processes end with the weights they get trained
+    one after the other, and a job's error reaches the caller."""
+    import torch
+    from safetensors.torch import load_file
+
+    from refocus.data.questions import load_questions
+    from refocus.data.synth import make_benchmark
+    from refocus.demo import train_side_by_side
+    from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
+    from refocus.training.config import GRPOConfig
+
+    monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
+    qa = make_benchmark("query", tmp_path / "q", videos=4, frames=(40, 48), seed=0)
+    ref = save_untrained_small_reference(tmp_path / "ref", load_questions(qa), SmallReferenceConfig(
+        image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
+        text_hidden=32, text_layers=1, text_heads=2))
+    policy = {"vision_from_reference": True, "tokens_per_frame": 1, "head_dim": 8,
+              "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8,
+                                  "state_size": 8}}
+
+    def config(**extra) -> GRPOConfig:
+        return GRPOConfig(num_generations=4, per_device_train_batch_size=2, selection_sizes=[2], curriculum_starts=[0],
+                          max_steps=3, learning_rate=1e-2, learning_rate_reinit=1e-2, bf16=False,
+                          gradient_checkpointing=False, save_steps=3, policy={**policy, **extra}, seed=3)
+
+    def jobs(root):
+        return {"policy": (qa, ref, root / "a", config()), "policy-blind": (qa, ref, root / "b", config(question_blind=True))}
+
+    threads = torch.get_num_threads()
+    try:
+        alone = train_side_by_side(jobs(tmp_path / "seq"), progress=False, parallel=False)
+        together = train_side_by_side(jobs(tmp_path / "par"), progress=False, parallel=True)
+        assert list(together) == ["policy", "policy-blind"]
+        for name in alone:
+            a = load_file(str(alone[name].policy_dir / "model.safetensors"))
+            b = load_file(str(together[name].policy_dir / "model.safetensors"))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            assert together[name].reference_calls == alone[name].reference_calls > 0
+        broken = jobs(tmp_path / "bad")
+        broken["policy-blind"] = (tmp_path / "missing.jsonl", *broken["policy-blind"][1:])
+        with pytest.raises(Exception, match="missing.jsonl"):
+            train_side_by_side(broken, progress=False, parallel=True)
+    finally:
+        torch.set_num_threads(threads)

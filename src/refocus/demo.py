@@ -14,10 +14,13 @@ of all three tasks (seed + 2; it never sees the videos the policy trains on, lik
 InternVL3), the policy on the task's *training* split (seed), and everything is evaluated on
 a *held-out* split (seed + 1). Stages (each timed and reported):
   1. synthetic splits (cached);
-  2. the small reference model: trained on first use, then cached (one for all tasks);
+  2. the small reference model: trained on first use, then cached (one for ``query`` and
+     ``niah``; ``multi`` trains its own with the switches that make `multi` learnable,
+     :data:`TASK_REFERENCE`);
   3. reward-variance filtering of the training split (Appendix A);
-  4. GRPO training of the policy (and, for ``query``, the question-blind policy) with
-     ``configs/tiny.yaml`` (``configs/multi.yaml`` for ``multi``);
+  4. GRPO training of the policy (and, for ``query``, the question-blind policy, in a second
+     process beside it when two cores are free) with ``configs/tiny.yaml``
+     (``configs/multi.yaml`` for ``multi``);
   5. evaluation of uniform / random / question-blind policy / policy / oracle (Frame-Voyager
      with ``voyager=True``) on the held-out split;
   6. ``niah`` only: the V-NIAH heatmap for uniform and the policy;
@@ -45,6 +48,17 @@ TASK_POLICY_CONFIG = {"query": "tiny", "niah": "tiny", "multi": "multi"}
 """Packaged GRPO config per task. ``multi`` needs its own: with ``tiny.yaml`` part of the
 evidence earns a lower margin than none and the policy collapses to haystack frames
 (benchmarks/RESULTS.md, "a policy that learns `multi`")."""
+MULTI_REFERENCE = {
+    "fresh_plan_fraction": 0.9, "multi_option_targets": True, "frame_ordinal_weight": 1.0,
+    "oracle_subset_fraction": 0.3, "appearance_codes": True, "multi_share": 0.8, "align_steps": 5000,
+}
+"""SmallReferenceTrainConfig overrides of the ``multi`` demo's reference: the README's `multi`
+recipe (the switches that make `multi` learnable) with 5,000 stage-1 steps, four in five of them
+on `multi`, where the recipe takes 12,000 at 0.75 (about 35 minutes). With the defaults the
+reference answers `multi` at chance, even from the oracle's frames (0.31), and the demo would
+show nothing (benchmarks/RESULTS.md, "the demo's `multi` reference")."""
+TASK_REFERENCE = {"query": {}, "niah": {}, "multi": MULTI_REFERENCE}
+"""Reference overrides per task (``DemoConfig.reference`` is applied over them)."""
 REFERENCE_SEED_OFFSET = 2
 HELDOUT_SEED_OFFSET = 1
 
@@ -66,9 +80,10 @@ class DemoConfig:
     seeds: int = 3
     """Evaluation seeds for the stochastic selectors (random)."""
     reference: dict = field(default_factory=dict)
-    """Overrides of SmallReferenceTrainConfig (none: its defaults, 2,000 / 3,500 / 300 steps,
-    about 7 minutes on 2 cores). With 1,500 vision steps held-out shape questions were answered
-    0.73-0.83 from the evidence against 0.93-1.00 with 2,500 (benchmarks/RESULTS.md)."""
+    """Overrides of SmallReferenceTrainConfig, over the task's (:data:`TASK_REFERENCE`; none for
+    ``query`` and ``niah``: its defaults, 2,000 / 3,500 / 300 steps, about 6 minutes on 2 cores).
+    With 1,500 vision steps held-out shape questions were answered 0.73-0.83 from the evidence
+    against 0.93-1.00 with 2,500 (benchmarks/RESULTS.md)."""
     filter_frames_per_subset: int = 8
     """k frames per probe subset; the paper uses 32 with 512-frame videos, 8 matches the budget here."""
     tau: float = 0.1
@@ -81,6 +96,9 @@ class DemoConfig:
     moves from 4 to 8 frames at step 40, and the mean reward levels off within ~10 steps of each
     phase, so 60 suffice (benchmarks/RESULTS.md); on ``multi``, configs/multi.yaml's policy at
     step 60 already hits every span 0.77 of the time (0.83 at 200)."""
+    parallel_training: bool = True
+    """Train the question-blind policy in a second process beside the policy when two cores are
+    free (about half the training stage's time; each run the same as alone)."""
     niah_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
     niah_positions: int = 8
     niah_per_cell: int = 1
@@ -93,6 +111,11 @@ class DemoConfig:
     @property
     def eval_budget(self) -> int:
         return self.budget or TASK_BUDGET[self.task]
+
+    @property
+    def reference_overrides(self) -> dict:
+        """SmallReferenceTrainConfig fields of this demo's reference: the task's, then ``reference``."""
+        return {**TASK_REFERENCE[self.task], **self.reference}
 
     @classmethod
     def quick_config(cls, task: str = "query") -> DemoConfig:
@@ -170,7 +193,7 @@ def get_small_reference(train_qas: list[Path], cfg: DemoConfig, progress: bool) 
     from refocus.data.questions import load_questions
     from refocus.reference.small_training import SmallReferenceTrainConfig, train_small_reference
 
-    train_cfg = SmallReferenceTrainConfig(seed=cfg.seed, **cfg.reference)
+    train_cfg = SmallReferenceTrainConfig(seed=cfg.seed, **cfg.reference_overrides)
     key = _key(__version__, asdict(train_cfg), [str(p) for p in train_qas])
     ref_dir = cache_root() / "reference" / f"small-{key}"
     if (ref_dir / "reference_train.json").is_file():
@@ -210,26 +233,66 @@ def filter_training_split(train_qa: Path, reference, cfg: DemoConfig, out: Path,
 
 def train_policies(train_qa: Path, ref_dir: Path, cfg: DemoConfig, out: Path, progress: bool) -> dict:
     """GRPO with the task's config (:data:`TASK_POLICY_CONFIG`): ``policy/``, and for ``query``
-    also ``policy-blind/`` (the same run with the question withheld). Returns {name: TrainResult}."""
+    also ``policy-blind/`` (the same run with the question withheld). Returns {name: TrainResult}.
+
+    With two or more cores the question-blind policy trains in a second process beside the
+    policy (one thread each, the demo's setting, so each run is the one it would be alone)."""
     from refocus.training.config import load_config, packaged_config
-    from refocus.training.train import train_policy
 
     config_path = packaged_config(TASK_POLICY_CONFIG[cfg.task])
     base = load_config(config_path, seed=cfg.seed)
     variants = {"policy": base.policy}
     if cfg.task == "query":
         variants["policy-blind"] = {**base.policy, "question_blind": True}
-    runs = {}
+    jobs = {}
     for name, policy_overrides in variants.items():
         train_cfg = load_config(config_path, seed=cfg.seed, policy=policy_overrides)
         if cfg.train_steps is not None:
             train_cfg = train_cfg.shortened(cfg.train_steps)
-        run = train_policy(train_qa, ref_dir, out / ("train" if name == "policy" else f"train-{name}"),
-                           config=train_cfg, progress=progress)
+        jobs[name] = (train_qa, ref_dir, out / ("train" if name == "policy" else f"train-{name}"), train_cfg)
+    runs = train_side_by_side(jobs, progress=progress, parallel=cfg.parallel_training and usable_cores() > 1)
+    for name, run in runs.items():
         _remove(out / name)
         shutil.copytree(run.policy_dir, out / name)
-        runs[name] = run
     return runs
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _train_one(train_qa: Path, ref_dir: Path, out: Path, train_cfg, progress: bool):
+    """One GRPO run on one torch thread (the demo's setting): the worker of :func:`train_side_by_side`."""
+    import torch
+
+    from refocus.training.train import train_policy
+
+    torch.set_num_threads(1)
+    return train_policy(train_qa, ref_dir, out, config=train_cfg, progress=progress)
+
+
+def train_side_by_side(jobs: dict, progress: bool, parallel: bool) -> dict:
+    """Run ``{name: (train_qa, ref_dir, out_dir, GRPOConfig)}``: the first job here (with its
+    progress bar), with ``parallel`` the others at the same time in spawned processes (no bars:
+    two would garble each other), else one after another. Returns {name: TrainResult} in the
+    jobs' order; a failed job raises its error after the others finish."""
+    names = list(jobs)
+    if not parallel or len(names) == 1:
+        return {name: _train_one(*jobs[name], progress=progress) for name in names}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if progress:
+        print(f"training {', '.join(names[1:])} in a second process beside {names[0]} (progress shown for {names[0]})")
+    # spawn, not fork: this process holds torch's thread pools, which do not survive a fork.
+    with ProcessPoolExecutor(len(names) - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_train_one, *jobs[name], progress=False) for name in names[1:]}
+        first = _train_one(*jobs[names[0]], progress=progress)
+        return {names[0]: first} | {name: futures[name].result() for name in names[1:]}
 
 
 def evaluate_selectors(heldout, reference, cfg: DemoConfig, out: Path, calls: dict, voyager_dir, progress: bool):
