@@ -81,7 +81,7 @@ class DemoConfig:
     """Evaluation seeds for the stochastic selectors (random)."""
     reference: dict = field(default_factory=dict)
     """Overrides of SmallReferenceTrainConfig, over the task's (:data:`TASK_REFERENCE`; none for
-    ``query`` and ``niah``: its defaults, 2,000 / 3,500 / 300 steps, about 6 minutes on 2 cores).
+    ``query`` and ``niah``: its defaults, 2,000 / 3,500 / 300 steps, 6-8 minutes on 2 cores).
     With 1,500 vision steps held-out shape questions were answered 0.73-0.83 from the evidence
     against 0.93-1.00 with 2,500 (benchmarks/RESULTS.md)."""
     filter_frames_per_subset: int = 8
