@@ -129,18 +129,17 @@ def test_side_by_side_training_equals_one_after_another(tmp_path, monkeypatch):
     one after the other, and a job's error reaches the caller."""
     import torch
     from safetensors.torch import load_file
+    from tiny_models import tiny_small_reference_config
 
     from refocus.data.questions import load_questions
     from refocus.data.synth import make_benchmark
     from refocus.demo import train_side_by_side
-    from refocus.reference.small_model import SmallReferenceConfig, save_untrained_small_reference
+    from refocus.reference.small_model import save_untrained_small_reference
     from refocus.training.config import GRPOConfig
 
     monkeypatch.setenv("REFOCUS_CACHE_DIR", str(tmp_path / "cache"))
     qa = make_benchmark("query", tmp_path / "q", videos=4, frames=(40, 48), seed=0)
-    ref = save_untrained_small_reference(tmp_path / "ref", load_questions(qa), SmallReferenceConfig(
-        image_size=32, vision_hidden_sizes=(16, 32), vision_depths=(1, 1), vision_heads=(2, 2),
-        text_hidden=32, text_layers=1, text_heads=2))
+    ref = save_untrained_small_reference(tmp_path / "ref", load_questions(qa), tiny_small_reference_config())
     policy = {"vision_from_reference": True, "tokens_per_frame": 1, "head_dim": 8,
               "backbone_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_heads": 4, "head_dim": 8,
                                   "state_size": 8}}
